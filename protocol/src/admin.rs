@@ -65,11 +65,23 @@ pub struct AdminResponseLine {
 
 impl AdminResponseLine {
     pub fn success(id: u64, result: Value) -> AdminResponseLine {
-        AdminResponseLine { v: ADMIN_PROTOCOL_VERSION, id, ok: true, result: Some(result), error: None }
+        AdminResponseLine {
+            v: ADMIN_PROTOCOL_VERSION,
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
     }
 
     pub fn failure(id: u64, error: AdminError) -> AdminResponseLine {
-        AdminResponseLine { v: ADMIN_PROTOCOL_VERSION, id, ok: false, result: None, error: Some(error) }
+        AdminResponseLine {
+            v: ADMIN_PROTOCOL_VERSION,
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -99,7 +111,10 @@ pub struct AdminError {
 
 impl AdminError {
     pub fn new(code: AdminErrorCode, message: impl Into<String>) -> AdminError {
-        AdminError { code, message: message.into() }
+        AdminError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -277,10 +292,14 @@ impl AdminCommand {
             AdminCommand::UserList(args) => serde_json::to_value(args),
             AdminCommand::UserShow(args) => serde_json::to_value(args),
             AdminCommand::UserAdd(args) => serde_json::to_value(args),
-            AdminCommand::UserRotateKey(args) | AdminCommand::UserDelete(args) => serde_json::to_value(args),
+            AdminCommand::UserRotateKey(args) | AdminCommand::UserDelete(args) => {
+                serde_json::to_value(args)
+            }
             AdminCommand::UserSetCidrs(args) => serde_json::to_value(args),
             AdminCommand::JobList(args) => serde_json::to_value(args),
-            AdminCommand::JobShow(args) | AdminCommand::JobCancel(args) => serde_json::to_value(args),
+            AdminCommand::JobShow(args) | AdminCommand::JobCancel(args) => {
+                serde_json::to_value(args)
+            }
             AdminCommand::WorkerList(args) => serde_json::to_value(args),
             AdminCommand::WorkerDrain(args) => serde_json::to_value(args),
             AdminCommand::JanitorRun(args) => serde_json::to_value(args),
@@ -292,17 +311,29 @@ impl AdminCommand {
 
     /// A request line for this command.
     pub fn to_line(&self, id: u64) -> AdminRequestLine {
-        AdminRequestLine { v: ADMIN_PROTOCOL_VERSION, id, command: self.name().to_owned(), args: self.args() }
+        AdminRequestLine {
+            v: ADMIN_PROTOCOL_VERSION,
+            id,
+            command: self.name().to_owned(),
+            args: self.args(),
+        }
     }
 
     /// Parses a request line's command and args; the error is the `invalid_argument` message.
     pub fn from_line(line: &AdminRequestLine) -> Result<AdminCommand, String> {
         fn args<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, String> {
-            let value = if value.is_null() { Value::Object(Default::default()) } else { value.clone() };
+            let value = if value.is_null() {
+                Value::Object(Default::default())
+            } else {
+                value.clone()
+            };
             serde_json::from_value(value).map_err(|err| format!("invalid args: {err}"))
         }
         if line.v != ADMIN_PROTOCOL_VERSION {
-            return Err(format!("unsupported admin protocol version {}; this coordinator speaks 1", line.v));
+            return Err(format!(
+                "unsupported admin protocol version {}; this coordinator speaks 1",
+                line.v
+            ));
         }
         let value = &line.args;
         Ok(match line.command.as_str() {
@@ -348,7 +379,10 @@ mod tests {
 
     #[test]
     fn error_line_shape() {
-        let line = AdminResponseLine::failure(8, AdminError::new(AdminErrorCode::UserExists, "User 'late' already exists."));
+        let line = AdminResponseLine::failure(
+            8,
+            AdminError::new(AdminErrorCode::UserExists, "User 'late' already exists."),
+        );
         assert_eq!(
             serde_json::to_string(&line).unwrap(),
             r#"{"v":1,"id":8,"ok":false,"error":{"code":"user_exists","message":"User 'late' already exists."}}"#
@@ -357,9 +391,27 @@ mod tests {
 
     #[test]
     fn unknown_commands_and_bad_args_are_refused() {
-        let line = AdminRequestLine { v: 1, id: 1, command: "user.fly".into(), args: Value::Null };
-        assert!(AdminCommand::from_line(&line).unwrap_err().contains("unknown command"));
-        let line = AdminRequestLine { v: 1, id: 1, command: "user.add".into(), args: serde_json::json!({"role": 3}) };
-        assert!(AdminCommand::from_line(&line).unwrap_err().contains("invalid args"));
+        let line = AdminRequestLine {
+            v: 1,
+            id: 1,
+            command: "user.fly".into(),
+            args: Value::Null,
+        };
+        assert!(
+            AdminCommand::from_line(&line)
+                .unwrap_err()
+                .contains("unknown command")
+        );
+        let line = AdminRequestLine {
+            v: 1,
+            id: 1,
+            command: "user.add".into(),
+            args: serde_json::json!({"role": 3}),
+        };
+        assert!(
+            AdminCommand::from_line(&line)
+                .unwrap_err()
+                .contains("invalid args")
+        );
     }
 }

@@ -118,23 +118,25 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            AuthRequired | AuthIncomplete | AuthUnknownClient | AuthIpNotAllowed | AuthBadTimestamp
-            | AuthClockSkew | AuthBadSignature | AuthReplayed => 401,
+            AuthRequired | AuthIncomplete | AuthUnknownClient | AuthIpNotAllowed
+            | AuthBadTimestamp | AuthClockSkew | AuthBadSignature | AuthReplayed => 401,
             RoleNotAllowed | PermissionDenied | Forbidden => 403,
-            InvalidJobId | InvalidCursor | UnsupportedBinary | NoSupportedTransport | InvalidPathVariable
-            | PathEscape | ArgumentNotAllowed => 400,
+            InvalidJobId | InvalidCursor | UnsupportedBinary | NoSupportedTransport
+            | InvalidPathVariable | PathEscape | ArgumentNotAllowed => 400,
             InvalidQuery | MalformedJson | InvalidBody => 422,
             UnsupportedMediaType => 415,
             BodyTooLarge => 413,
             RequestTimeout => 408,
-            IdempotencyConflict | StdinNotEnabled | JobNotStarted | JobFinished | StdinOffset => 409,
+            IdempotencyConflict | StdinNotEnabled | JobNotStarted | JobFinished | StdinOffset => {
+                409
+            }
             StdinWindowFull | ReplayCacheFull => 429,
             JobNotFound | WorkerNotFound | NotFound | DashboardDisabled | ApiDocsDisabled => 404,
             MethodNotAllowed => 405,
             UpstreamWorkerRoute => 410,
             WebsocketRequired => 426,
-            QueueFull | TooManyConnections | TooManyStreams | TooManySessions | ShuttingDown | Overloaded
-            | StoreUnavailable => 503,
+            QueueFull | TooManyConnections | TooManyStreams | TooManySessions | ShuttingDown
+            | Overloaded | StoreUnavailable => 503,
             Internal | Unknown => 500,
         }
     }
@@ -196,7 +198,11 @@ impl ErrorCode {
 
     /// Whether an answer with this code carries `Retry-After: 1` (api.md §6).
     pub fn retry_after(self) -> bool {
-        self.status() == 503 || matches!(self, ErrorCode::StdinWindowFull | ErrorCode::ReplayCacheFull)
+        self.status() == 503
+            || matches!(
+                self,
+                ErrorCode::StdinWindowFull | ErrorCode::ReplayCacheFull
+            )
     }
 }
 
@@ -220,7 +226,11 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> ErrorBody {
-        ErrorBody { detail: detail.into(), code, expected_offset: None }
+        ErrorBody {
+            detail: detail.into(),
+            code,
+            expected_offset: None,
+        }
     }
 }
 
@@ -240,14 +250,18 @@ mod tests {
 
     #[test]
     fn unknown_codes_decode_as_unknown() {
-        let body: ErrorBody = serde_json::from_str(r#"{"detail":"x","code":"from_the_future"}"#).unwrap();
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"detail":"x","code":"from_the_future"}"#).unwrap();
         assert_eq!(body.code, ErrorCode::Unknown);
     }
 
     #[test]
     fn body_shape() {
         let body = ErrorBody::new(ErrorCode::JobNotFound, "Job not found");
-        assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"detail":"Job not found","code":"job_not_found"}"#);
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"detail":"Job not found","code":"job_not_found"}"#
+        );
         assert_eq!(ErrorCode::QueueFull.status(), 503);
         assert!(ErrorCode::QueueFull.retry_after());
         assert!(ErrorCode::ReplayCacheFull.retry_after());

@@ -91,7 +91,10 @@ impl Ulid {
 
 fn decode_char(byte: u8) -> Option<u8> {
     let upper = byte.to_ascii_uppercase();
-    ALPHABET.iter().position(|&c| c == upper).map(|pos| pos as u8)
+    ALPHABET
+        .iter()
+        .position(|&c| c == upper)
+        .map(|pos| pos as u8)
 }
 
 /// Current Unix time in milliseconds (0 if the clock is before 1970).
@@ -141,7 +144,8 @@ impl<'de> Deserialize<'de> for Ulid {
                 f.write_str("a ULID string")
             }
             fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Ulid, E> {
-                Ulid::parse(value).map_err(|err| E::custom(format!("invalid ULID '{value}': {err}")))
+                Ulid::parse(value)
+                    .map_err(|err| E::custom(format!("invalid ULID '{value}': {err}")))
             }
         }
         deserializer.deserialize_str(Visitor)
@@ -176,7 +180,7 @@ impl UlidGenerator {
         next
     }
 
-    pub fn next(&mut self) -> Ulid {
+    pub fn next_id(&mut self) -> Ulid {
         self.next_at(now_ms())
     }
 }
@@ -255,7 +259,10 @@ pub fn check_identity_id(text: &str) -> Result<(), NameError> {
     if text.is_empty() || text.len() > 64 {
         return Err(NameError::Length);
     }
-    if !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-')) {
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+    {
         return Err(NameError::Character);
     }
     if !text.as_bytes()[0].is_ascii_alphanumeric() {
@@ -269,7 +276,10 @@ pub fn check_simple_name(text: &str) -> Result<(), NameError> {
     if text.is_empty() || text.len() > 64 {
         return Err(NameError::Length);
     }
-    if !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return Err(NameError::Character);
     }
     Ok(())
@@ -291,15 +301,36 @@ mod tests {
 
     #[test]
     fn refuses_aliases_overflow_and_length() {
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RI"), Err(UlidError::Character));
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RL"), Err(UlidError::Character));
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RO"), Err(UlidError::Character));
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RU"), Err(UlidError::Character));
-        assert_eq!(Ulid::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ"), Err(UlidError::Overflow));
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RI"),
+            Err(UlidError::Character)
+        );
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RL"),
+            Err(UlidError::Character)
+        );
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RO"),
+            Err(UlidError::Character)
+        );
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2RU"),
+            Err(UlidError::Character)
+        );
+        assert_eq!(
+            Ulid::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            Err(UlidError::Overflow)
+        );
         assert_eq!(Ulid::parse("7ZZZZZZZZZZZZZZZZZZZZZZZZZ"), Ok(Ulid::MAX));
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2R"), Err(UlidError::Length));
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2R"),
+            Err(UlidError::Length)
+        );
         assert_eq!(Ulid::parse(""), Err(UlidError::Length));
-        assert_eq!(Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2R-"), Err(UlidError::Character));
+        assert_eq!(
+            Ulid::parse("01JDQ3V6K9Z8Y7X6W5V4T3S2R-"),
+            Err(UlidError::Character)
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ impl JobStatus {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled
+        )
     }
 
     pub fn is_active(self) -> bool {
@@ -49,7 +52,10 @@ impl JobStatus {
 
     /// `assigned`, `running` and `canceling` hold one of the worker's slots.
     pub fn occupies_slot(self) -> bool {
-        matches!(self, JobStatus::Assigned | JobStatus::Running | JobStatus::Canceling)
+        matches!(
+            self,
+            JobStatus::Assigned | JobStatus::Running | JobStatus::Canceling
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -74,7 +80,10 @@ impl fmt::Display for JobStatus {
 impl FromStr for JobStatus {
     type Err = ();
     fn from_str(text: &str) -> Result<JobStatus, ()> {
-        JobStatus::ALL.into_iter().find(|status| status.as_str() == text).ok_or(())
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or(())
     }
 }
 
@@ -203,11 +212,17 @@ pub struct CommandResponse {
 
 impl CommandResponse {
     pub fn ok() -> CommandResponse {
-        CommandResponse { status: "ok".to_owned(), detail: None }
+        CommandResponse {
+            status: "ok".to_owned(),
+            detail: None,
+        }
     }
 
     pub fn ok_with(detail: &str) -> CommandResponse {
-        CommandResponse { status: "ok".to_owned(), detail: Some(detail.to_owned()) }
+        CommandResponse {
+            status: "ok".to_owned(),
+            detail: Some(detail.to_owned()),
+        }
     }
 }
 
@@ -515,13 +530,22 @@ mod tests {
 
     #[test]
     fn job_request_refuses_unknown_and_duplicate_fields() {
-        let err = serde_json::from_str::<JobRequest>(r#"{"binary_name":"ffmpeg","x":1}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<JobRequest>(r#"{"binary_name":"ffmpeg","x":1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `x`"), "{err}");
-        let err = serde_json::from_str::<JobRequest>(r#"{"binary_name":"ffmpeg","arguments":[],"arguments":[]}"#)
-            .unwrap_err();
-        assert!(err.to_string().contains("duplicate field `arguments`"), "{err}");
+        let err = serde_json::from_str::<JobRequest>(
+            r#"{"binary_name":"ffmpeg","arguments":[],"arguments":[]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate field `arguments`"),
+            "{err}"
+        );
         let err = serde_json::from_str::<JobRequest>(r#"{"arguments":[]}"#).unwrap_err();
-        assert!(err.to_string().contains("missing field `binary_name`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `binary_name`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,10 +15,16 @@ pub const HEADER_TIMESTAMP: &str = "x-dffmpeg-timestamp";
 pub const HEADER_SIGNATURE: &str = "x-dffmpeg-signature";
 pub const HEADER_NONCE: &str = "x-dffmpeg-nonce";
 /// Every `x-dffmpeg-*` header the coordinator looks at.
-pub const AUTH_HEADERS: [&str; 4] = [HEADER_CLIENT_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE, HEADER_NONCE];
+pub const AUTH_HEADERS: [&str; 4] = [
+    HEADER_CLIENT_ID,
+    HEADER_TIMESTAMP,
+    HEADER_SIGNATURE,
+    HEADER_NONCE,
+];
 
 /// SHA-256 of the empty body, in lowercase hex.
-pub const EMPTY_BODY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+pub const EMPTY_BODY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// A 32-byte HMAC key. Its `Debug` never shows the bytes, and the bytes are wiped on drop (auth.md §6.5).
 #[derive(Clone, PartialEq, Eq)]
@@ -104,7 +110,13 @@ pub fn canonical_string(
     body: &[u8],
     extension: Option<NonceParts<'_>>,
 ) -> String {
-    let mut text = format!("{}|{}|{}|{}", method.to_ascii_uppercase(), path, timestamp, body_sha256_hex(body));
+    let mut text = format!(
+        "{}|{}|{}|{}",
+        method.to_ascii_uppercase(),
+        path,
+        timestamp,
+        body_sha256_hex(body)
+    );
     if let Some(NonceParts { query, nonce }) = extension {
         text.push('|');
         text.push_str(query);
@@ -147,7 +159,10 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 
 /// A nonce is 16–64 characters `[A-Za-z0-9_-]` (auth.md §2.1).
 pub fn nonce_is_valid(text: &str) -> bool {
-    (16..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (16..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A fresh nonce: 16 random bytes, base64url without padding (22 characters).
@@ -193,8 +208,17 @@ pub struct RequestToSign<'a> {
 /// Signs a request for `client_id` with `key`.
 pub fn sign_request(client_id: &str, key: &HmacKey, request: RequestToSign<'_>) -> SignedHeaders {
     let timestamp = request.timestamp.to_string();
-    let extension = request.nonce.map(|nonce| NonceParts { query: request.query, nonce });
-    let canonical = canonical_string(request.method, request.path, &timestamp, request.body, extension);
+    let extension = request.nonce.map(|nonce| NonceParts {
+        query: request.query,
+        nonce,
+    });
+    let canonical = canonical_string(
+        request.method,
+        request.path,
+        &timestamp,
+        request.body,
+        extension,
+    );
     SignedHeaders {
         client_id: client_id.to_owned(),
         timestamp,
@@ -223,30 +247,61 @@ mod tests {
     #[test]
     fn vector_1_upstream_get_jobs_query_unsigned() {
         let canonical = canonical_string("GET", "/jobs", "1795544691", b"", None);
-        assert_eq!(canonical, format!("GET|/jobs|1795544691|{EMPTY_BODY_SHA256}"));
-        check(KEY_A, &canonical, "Ttx4hPrkP8olkV3zswH7I3nuHCsOEBmbf88oX5+rMN4=");
+        assert_eq!(
+            canonical,
+            format!("GET|/jobs|1795544691|{EMPTY_BODY_SHA256}")
+        );
+        check(
+            KEY_A,
+            &canonical,
+            "Ttx4hPrkP8olkV3zswH7I3nuHCsOEBmbf88oX5+rMN4=",
+        );
     }
 
     #[test]
     fn vector_2_upstream_worker_deregister() {
         let body = br#"{"worker_id": "worker01"}"#;
-        assert_eq!(body_sha256_hex(body), "ade17e6e36930f89fd679c37be49fa8fc44bf88c3d293ee020a2b72fa95728a3");
+        assert_eq!(
+            body_sha256_hex(body),
+            "ade17e6e36930f89fd679c37be49fa8fc44bf88c3d293ee020a2b72fa95728a3"
+        );
         let canonical = canonical_string("POST", "/worker/deregister", "1795544728", body, None);
-        check(KEY_B, &canonical, "2tNLx5SiREEHvrgkUfVBUnZMVHVh+w81ACGNJThtWtY=");
+        check(
+            KEY_B,
+            &canonical,
+            "2tNLx5SiREEHvrgkUfVBUnZMVHVh+w81ACGNJThtWtY=",
+        );
     }
 
     #[test]
     fn vector_3_upstream_accept() {
-        let canonical = canonical_string("POST", "/jobs/01M87CT1T2MJA6V3QFZGED6NHR/accept", "1795544647", b"", None);
-        check(KEY_B, &canonical, "/ssGcj6ASIE0faleHB+AI7OZDIhz5o4l6geLOoHAQDE=");
+        let canonical = canonical_string(
+            "POST",
+            "/jobs/01M87CT1T2MJA6V3QFZGED6NHR/accept",
+            "1795544647",
+            b"",
+            None,
+        );
+        check(
+            KEY_B,
+            &canonical,
+            "/ssGcj6ASIE0faleHB+AI7OZDIhz5o4l6geLOoHAQDE=",
+        );
     }
 
     #[test]
     fn vector_4_submit_with_python_json_spacing() {
         let body = br#"{"binary_name": "ffprobe", "arguments": ["-v", "error", "-show_format", "$Media/in.mp4"], "paths": ["Media"], "working_directory": "$Media", "supported_transports": ["http_polling"], "monitor": true, "heartbeat_interval": null}"#;
-        assert_eq!(body_sha256_hex(body), "52bd93fd1630bf92e89b05119253c424aee1fa00e2e793b3a0acee380b76c148");
+        assert_eq!(
+            body_sha256_hex(body),
+            "52bd93fd1630bf92e89b05119253c424aee1fa00e2e793b3a0acee380b76c148"
+        );
         let canonical = canonical_string("POST", "/jobs/submit", "1795544728", body, None);
-        check(KEY_A, &canonical, "KEK3QCnD06z/xy2hmOEcUOCCLg9zV1wsElqHrJ3ZOVI=");
+        check(
+            KEY_A,
+            &canonical,
+            "KEK3QCnD06z/xy2hmOEcUOCCLg9zV1wsElqHrJ3ZOVI=",
+        );
         let key = HmacKey::parse(KEY_A).unwrap();
         let headers = sign_request(
             "client01",
@@ -260,23 +315,43 @@ mod tests {
                 nonce: None,
             },
         );
-        assert_eq!(headers.signature, "KEK3QCnD06z/xy2hmOEcUOCCLg9zV1wsElqHrJ3ZOVI=");
+        assert_eq!(
+            headers.signature,
+            "KEK3QCnD06z/xy2hmOEcUOCCLg9zV1wsElqHrJ3ZOVI="
+        );
         assert_eq!(headers.timestamp, "1795544728");
     }
 
     #[test]
     fn vector_5_nonce_extension_signs_the_query() {
-        let extension = NonceParts { query: "window=600", nonce: "3q2-7wAAAAB8Zx1bWfN0kA" };
+        let extension = NonceParts {
+            query: "window=600",
+            nonce: "3q2-7wAAAAB8Zx1bWfN0kA",
+        };
         let canonical = canonical_string("GET", "/jobs", "1795544691", b"", Some(extension));
-        assert_eq!(canonical, format!("GET|/jobs|1795544691|{EMPTY_BODY_SHA256}|window=600|3q2-7wAAAAB8Zx1bWfN0kA"));
-        check(KEY_A, &canonical, "ZkhT9ZJFEc0Jo7Hs1OQ0x5iOin0psjY7gUYqE0W/rOE=");
+        assert_eq!(
+            canonical,
+            format!("GET|/jobs|1795544691|{EMPTY_BODY_SHA256}|window=600|3q2-7wAAAAB8Zx1bWfN0kA")
+        );
+        check(
+            KEY_A,
+            &canonical,
+            "ZkhT9ZJFEc0Jo7Hs1OQ0x5iOin0psjY7gUYqE0W/rOE=",
+        );
     }
 
     #[test]
     fn vector_6_worker_upgrade_without_query() {
-        let extension = NonceParts { query: "", nonce: "3q2-7wAAAAB8Zx1bWfN0kA" };
+        let extension = NonceParts {
+            query: "",
+            nonce: "3q2-7wAAAAB8Zx1bWfN0kA",
+        };
         let canonical = canonical_string("GET", "/worker/ws", "1795544700", b"", Some(extension));
-        check(KEY_B, &canonical, "ugvv55eI2MJALazEog6DgA/iUAxbzhDtYD2ePhJup6Y=");
+        check(
+            KEY_B,
+            &canonical,
+            "ugvv55eI2MJALazEog6DgA/iUAxbzhDtYD2ePhJup6Y=",
+        );
     }
 
     #[test]
@@ -297,8 +372,14 @@ mod tests {
     #[test]
     fn keys_nonces_and_signatures() {
         assert!(HmacKey::parse(KEY_A).is_ok());
-        assert_eq!(HmacKey::parse("qHdOvnF4mlz6TSStMCoY6KvEpDQGpcteNU2LMGInyuY"), Err(KeyFormatError));
-        assert_eq!(HmacKey::parse("qHdOvnF4mlz6TSStMCoY6KvEpDQGpcteNU2LMGInyu-="), Err(KeyFormatError));
+        assert_eq!(
+            HmacKey::parse("qHdOvnF4mlz6TSStMCoY6KvEpDQGpcteNU2LMGInyuY"),
+            Err(KeyFormatError)
+        );
+        assert_eq!(
+            HmacKey::parse("qHdOvnF4mlz6TSStMCoY6KvEpDQGpcteNU2LMGInyu-="),
+            Err(KeyFormatError)
+        );
         let generated = HmacKey::generate();
         assert_eq!(HmacKey::parse(&generated.to_base64()).unwrap(), generated);
         assert_eq!(format!("{generated:?}"), "HmacKey(<redacted>)");

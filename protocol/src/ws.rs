@@ -122,15 +122,24 @@ impl Hello {
         }
         for name in &self.binaries {
             if check_simple_name(name).is_err() {
-                return Err(format!("binaries: invalid binary name '{}'", truncate(name)));
+                return Err(format!(
+                    "binaries: invalid binary name '{}'",
+                    truncate(name)
+                ));
             }
         }
         if let Some(versions) = &self.binary_versions {
             if versions.len() > 64 {
                 return Err("binary_versions: more than 64 entries".to_owned());
             }
-            if let Some((name, _)) = versions.iter().find(|(name, value)| name.len() > 200 || value.len() > 200) {
-                return Err(format!("binary_versions: entry '{}' longer than 200 bytes", truncate(name)));
+            if let Some((name, _)) = versions
+                .iter()
+                .find(|(name, value)| name.len() > 200 || value.len() > 200)
+            {
+                return Err(format!(
+                    "binary_versions: entry '{}' longer than 200 bytes",
+                    truncate(name)
+                ));
             }
         }
         if self.paths.len() > 1024 {
@@ -138,7 +147,10 @@ impl Hello {
         }
         for name in &self.paths {
             if check_simple_name(name).is_err() {
-                return Err(format!("paths: invalid path variable name '{}'", truncate(name)));
+                return Err(format!(
+                    "paths: invalid path variable name '{}'",
+                    truncate(name)
+                ));
             }
         }
         if self.capabilities.len() > 64 {
@@ -148,10 +160,16 @@ impl Hello {
             return Err("capabilities: an item is longer than 64 bytes".to_owned());
         }
         if !(1..=1024).contains(&self.max_concurrent_jobs) {
-            return Err(format!("max_concurrent_jobs: must be between 1 and 1024, got {}", self.max_concurrent_jobs));
+            return Err(format!(
+                "max_concurrent_jobs: must be between 1 and 1024, got {}",
+                self.max_concurrent_jobs
+            ));
         }
         if self.status != "online" && self.status != "draining" {
-            return Err(format!("status: expected online or draining, got '{}'", truncate(&self.status)));
+            return Err(format!(
+                "status: expected online or draining, got '{}'",
+                truncate(&self.status)
+            ));
         }
         if self.jobs.len() > 4096 {
             return Err("jobs: more than 4096 items".to_owned());
@@ -358,7 +376,11 @@ impl WorkerMessage {
 
     fn check_lists(&self) -> Result<(), String> {
         let too_long = |name: &str, len: usize| {
-            if len > MAX_LIST_ITEMS { Err(format!("{name}: more than {MAX_LIST_ITEMS} items")) } else { Ok(()) }
+            if len > MAX_LIST_ITEMS {
+                Err(format!("{name}: more than {MAX_LIST_ITEMS} items"))
+            } else {
+                Ok(())
+            }
         };
         match self {
             WorkerMessage::Heartbeat(heartbeat) => {
@@ -446,7 +468,10 @@ pub mod cancel_reason {
 
     /// Reasons after which the worker reports nothing: the attempt is already given up.
     pub fn reports_nothing(reason: &str) -> bool {
-        matches!(reason, STALE_ATTEMPT | ASSIGNMENT_TIMEOUT | JOB_SILENT | LEASE_EXPIRED)
+        matches!(
+            reason,
+            STALE_ATTEMPT | ASSIGNMENT_TIMEOUT | JOB_SILENT | LEASE_EXPIRED
+        )
     }
 }
 
@@ -574,10 +599,14 @@ pub struct HelloHead {
 fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(bytes));
     deserializer.set_max_depth(MAX_DEPTH);
-    let value = T::deserialize(&mut deserializer).map_err(|err| DecodeError::Malformed(err.to_string()))?;
+    let value =
+        T::deserialize(&mut deserializer).map_err(|err| DecodeError::Malformed(err.to_string()))?;
     let position = deserializer.get_ref().position();
     if position != bytes.len() as u64 {
-        return Err(DecodeError::Malformed(format!("{} bytes after the message", bytes.len() as u64 - position)));
+        return Err(DecodeError::Malformed(format!(
+            "{} bytes after the message",
+            bytes.len() as u64 - position
+        )));
     }
     Ok(value)
 }
@@ -619,10 +648,15 @@ mod tests {
 
     #[test]
     fn heartbeat_matches_the_spec_bytes() {
-        let bytes = encode(&WorkerMessage::Heartbeat(Heartbeat { seq: 1, jobs: vec![], paths: None, binaries: None }));
+        let bytes = encode(&WorkerMessage::Heartbeat(Heartbeat {
+            seq: 1,
+            jobs: vec![],
+            paths: None,
+            binaries: None,
+        }));
         let expected = [
-            0x83, 0xa4, b't', b'y', b'p', b'e', 0xa9, b'h', b'e', b'a', b'r', b't', b'b', b'e', b'a', b't', 0xa3, b's',
-            b'e', b'q', 0x01, 0xa4, b'j', b'o', b'b', b's', 0x90,
+            0x83, 0xa4, b't', b'y', b'p', b'e', 0xa9, b'h', b'e', b'a', b'r', b't', b'b', b'e',
+            b'a', b't', 0xa3, b's', b'e', b'q', 0x01, 0xa4, b'j', b'o', b'b', b's', 0x90,
         ];
         assert_eq!(bytes, expected);
     }
@@ -631,38 +665,72 @@ mod tests {
     fn trailing_bytes_are_malformed() {
         let mut bytes = encode(&WorkerMessage::Drain(WorkerDrain { reason: None }));
         bytes.push(0xc0);
-        assert!(matches!(decode_worker_message(&bytes), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_worker_message(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unknown_types_are_not_fatal() {
-        let bytes = encode(&CoordinatorMessage::Shutdown(Shutdown { reason: "x".into(), reconnect_after_ms: 1 }));
-        assert_eq!(decode_worker_message(&bytes), Err(DecodeError::UnknownType("shutdown".into())));
+        let bytes = encode(&CoordinatorMessage::Shutdown(Shutdown {
+            reason: "x".into(),
+            reconnect_after_ms: 1,
+        }));
+        assert_eq!(
+            decode_worker_message(&bytes),
+            Err(DecodeError::UnknownType("shutdown".into()))
+        );
     }
 
     #[test]
     fn deep_nesting_is_malformed() {
         // {"type":"drain","reason": [[[[...]]]]} nested 40 deep
-        let mut bytes = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa5, b'd', b'r', b'a', b'i', b'n'];
+        let mut bytes = vec![
+            0x82, 0xa4, b't', b'y', b'p', b'e', 0xa5, b'd', b'r', b'a', b'i', b'n',
+        ];
         bytes.extend_from_slice(&[0xa6, b'r', b'e', b'a', b's', b'o', b'n']);
         bytes.extend(std::iter::repeat_n(0x91, 40));
         bytes.push(0xc0);
-        assert!(matches!(decode_worker_message(&bytes), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_worker_message(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn garbage_is_malformed() {
-        assert!(matches!(decode_worker_message(b"\xff\x00garbage"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode_worker_message(b""), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode_worker_message(&encode(&5u32)), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_worker_message(b"\xff\x00garbage"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_worker_message(b""),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_worker_message(&encode(&5u32)),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn oversized_lists_are_malformed() {
         let jobs = (0..=MAX_LIST_ITEMS as u32)
-            .map(|attempt| JobRef { job_id: JobId(crate::Ulid::from_u128(1)), attempt })
+            .map(|attempt| JobRef {
+                job_id: JobId(crate::Ulid::from_u128(1)),
+                attempt,
+            })
             .collect();
-        let bytes = encode(&WorkerMessage::Heartbeat(Heartbeat { seq: 1, jobs, paths: None, binaries: None }));
-        assert!(matches!(decode_worker_message(&bytes), Err(DecodeError::Malformed(_))));
+        let bytes = encode(&WorkerMessage::Heartbeat(Heartbeat {
+            seq: 1,
+            jobs,
+            paths: None,
+            binaries: None,
+        }));
+        assert!(matches!(
+            decode_worker_message(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }
