@@ -176,6 +176,8 @@ impl UlidGenerator {
         next
     }
 
+    // Not an iterator: it never ends and reads the clock.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Ulid {
         self.next_at(now_ms())
     }
