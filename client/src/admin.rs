@@ -643,18 +643,28 @@ impl AdminConnection {
             text.push_str(&line);
             text.push('\n');
         }
-        let writer = &mut self.writer;
-        let write = async move {
-            writer.write_all(text.as_bytes()).await?;
-            writer.flush().await
+        // Written and read at once, so a long pipeline cannot fill both directions' buffers and stall. Once the
+        // replies are in (or failed, a timeout included) a write still blocked is abandoned.
+        let (written, replies) = {
+            let writer = &mut self.writer;
+            let write = async move {
+                writer.write_all(text.as_bytes()).await?;
+                writer.flush().await
+            };
+            let read = self.replies.read_replies(first_id, commands.len());
+            tokio::pin!(write, read);
+            let mut written: Option<io::Result<()>> = None;
+            loop {
+                tokio::select! {
+                    result = &mut write, if written.is_none() => written = Some(result),
+                    replies = &mut read => break (written, replies),
+                }
+            }
         };
-        // Written and read at once, so a long pipeline cannot fill both directions' buffers and stall.
-        let (written, replies) =
-            tokio::join!(write, self.replies.read_replies(first_id, commands.len()));
         let replies = match (written, replies) {
             (_, Ok(replies)) => replies,
             (_, Err(AdminError::Closed)) => return Err(self.closed_error().await),
-            (Err(err), Err(_)) if !is_disconnect(&err) => {
+            (Some(Err(err)), Err(_)) if !is_disconnect(&err) => {
                 return Err(AdminError::Io {
                     action: "sending a request to the coordinator".to_owned(),
                     source: err,

@@ -391,22 +391,14 @@ impl Client {
         let status = response.status().as_u16();
         let request_id = request_id(response.headers());
         let body = response.bytes().await.map_err(Error::Transport)?;
-        if let Ok(health) = serde_json::from_slice::<HealthResponse>(&body)
-            && matches!(status, 200 | 500 | 503)
-        {
-            return Ok(health);
+        match serde_json::from_slice::<HealthResponse>(&body) {
+            Ok(health) if matches!(status, 200..=299 | 500 | 503) => Ok(health),
+            Err(source) if (200..300).contains(&status) => Err(Error::Decode(DecodeError::Json {
+                what: "health answer",
+                source,
+            })),
+            _ => Err(error_from_parts(status, &body, request_id)),
         }
-        if (200..300).contains(&status) {
-            let source = serde_json::from_slice::<HealthResponse>(&body).err();
-            return match source {
-                Some(source) => Err(Error::Decode(DecodeError::Json {
-                    what: "health answer",
-                    source,
-                })),
-                None => Err(error_from_parts(status, &body, request_id)),
-            };
-        }
-        Err(error_from_parts(status, &body, request_id))
     }
 
     // ----- low level -----

@@ -261,6 +261,8 @@ enum SocketPeer {
     RefusesPeer,
     /// Answers `hello`, then closes.
     ClosesAfterHello,
+    /// Answers `hello`, then neither reads nor answers, keeping the connection open.
+    StallsAfterHello,
 }
 
 fn serve_socket(path: &Path, peer: SocketPeer) -> tokio::task::JoinHandle<()> {
@@ -293,6 +295,9 @@ fn serve_socket(path: &Path, peer: SocketPeer) -> tokio::task::JoinHandle<()> {
                 write_half.write_all(text.as_bytes()).await.unwrap();
                 if matches!(peer, SocketPeer::ClosesAfterHello) {
                     break;
+                }
+                if matches!(peer, SocketPeer::StallsAfterHello) {
+                    std::future::pending::<()>().await;
                 }
             }
         }
@@ -359,5 +364,25 @@ async fn a_socket_closing_after_hello_is_a_closed_connection() {
         .await
         .unwrap_err();
     assert!(matches!(err, AdminError::Closed), "{err:?}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_stalled_peer_times_out_even_with_a_blocked_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let server = serve_socket(
+        &dir.path().join("data/admin.sock"),
+        SocketPeer::StallsAfterHello,
+    );
+    let mut target = target(dir.path(), None);
+    target.reply_timeout = Duration::from_millis(500);
+    let mut connection = within(admin::connect(&target)).await.unwrap();
+    // Far more than a socket buffer holds, so the write blocks while the replies never come.
+    let commands: Vec<AdminCommand> = (0..20_000)
+        .map(|n| user_add(&format!("user{n:05}")))
+        .collect();
+    let err = within(connection.pipeline(&commands)).await.unwrap_err();
+    assert!(matches!(err, AdminError::Timeout(_)), "{err:?}");
     server.abort();
 }
