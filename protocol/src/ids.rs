@@ -176,6 +176,7 @@ impl UlidGenerator {
         next
     }
 
+    #[allow(clippy::should_implement_trait)] // never ends, so it is not an Iterator; callers use this name already
     pub fn next(&mut self) -> Ulid {
         self.next_at(now_ms())
     }
