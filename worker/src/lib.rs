@@ -12,6 +12,7 @@
 //! - [`progress`] holds the pure parsers (progress blocks, stats lines, expected duration) and the send throttle.
 
 pub mod paths;
+pub mod progress;
 
 /// Wall-clock milliseconds since the Unix epoch, the `time_ms` of the worker protocol.
 pub fn now_ms() -> i64 {
