@@ -11,6 +11,7 @@
 //! - [`output::JobOutput`] is the per-job output buffer the session takes `job_logs` batches from;
 //! - [`progress`] holds the pure parsers (progress blocks, stats lines, expected duration) and the send throttle.
 
+pub mod output;
 pub mod paths;
 pub mod progress;
 
