@@ -13,6 +13,7 @@
 
 pub mod output;
 pub mod paths;
+pub mod process;
 pub mod progress;
 
 /// Wall-clock milliseconds since the Unix epoch, the `time_ms` of the worker protocol.
