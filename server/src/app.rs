@@ -151,7 +151,7 @@ impl Application {
             workers = workers.len(),
             "store opened"
         );
-        store.flush().await.map_err(|_| Error::StoreFailed)?;
+        store.flush_now().await.map_err(Error::Store)?;
         let hub = EventHub::new();
         let waits = WaitBoard::default();
         let (scheduler_handle, scheduler) = scheduler::new(

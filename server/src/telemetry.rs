@@ -24,10 +24,13 @@ where
         },
         _ => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

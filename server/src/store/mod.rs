@@ -560,6 +560,19 @@ impl Store {
         rx.await.unwrap_or(Err(Unavailable))
     }
 
+    /// Flushes directly, without the flusher task (startup, before it runs).
+    pub async fn flush_now(&self) -> Result<(), Error> {
+        let engine = self.shared.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                self.fail();
+                Err(err.into())
+            }
+            Err(_) => Err(Error::Unavailable),
+        }
+    }
+
     /// Commits and waits for the flush that covers the batch.
     pub async fn commit_durable(&self, batch: Batch) -> Result<(), Error> {
         self.commit(batch)?;

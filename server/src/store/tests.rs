@@ -50,7 +50,16 @@ pub(crate) fn sample_job(id: JobId, requester: &str, status: JobStatus) -> JobRe
 }
 
 fn open(dir: &Path) -> Opened {
-    Store::open(dir, 8 << 20).unwrap()
+    // sled releases its lock from a background thread after the last handle drops: retry briefly.
+    for _ in 0..100 {
+        match Store::open(dir, 8 << 20) {
+            Err(Error::Locked { .. }) => std::thread::yield_now(),
+            other => return other.unwrap(),
+        }
+        #[allow(clippy::disallowed_methods)] // a plain test thread, not a runtime worker
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the store stayed locked");
 }
 
 #[tokio::test]
