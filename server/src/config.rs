@@ -562,6 +562,18 @@ impl Config {
         })
     }
 
+    /// Refuses settings this build parses but does not implement yet (run at startup, not by the parser, so
+    /// files written for later builds still parse).
+    pub fn refuse_unbuilt(&self) -> Result<(), Error> {
+        if let Some(path) = &self.encryption.keys_file {
+            return Err(Error::Invalid(conf::ConfigError::bare(format!(
+                "encryption.keys_file ({}): keys encrypted at rest are not available in this build yet; leave it unset",
+                path.display()
+            ))));
+        }
+        Ok(())
+    }
+
     /// Settings for black-box tests: `127.0.0.1:0`, the store in `dir`, a janitor interval of one hour (tests step
     /// the janitor themselves), everything else default.
     pub fn for_tests(dir: &Path) -> Config {
@@ -630,6 +642,30 @@ impl Config {
         if self.host.trim().is_empty() {
             return Err(Error::Invalid(keys.error("host", "must not be empty")));
         }
+        // Parsed now so files stay valid; refused while this build does not enforce them, so no operator
+        // believes a switch protects them when it does not.
+        let policy = &self.argument_policy;
+        let not_yet = "not enforced by this build yet; leave it off";
+        for (key, on) in [
+            ("argument_policy.deny_url_inputs", policy.deny_url_inputs),
+            (
+                "argument_policy.deny_unmapped_absolute_paths",
+                policy.deny_unmapped_absolute_paths,
+            ),
+            (
+                "argument_policy.deny_file_reading_filters",
+                policy.deny_file_reading_filters,
+            ),
+            (
+                "argument_policy.denied_options",
+                !policy.denied_options.is_empty(),
+            ),
+        ] {
+            if on {
+                return Err(Error::Invalid(keys.error(key, not_yet)));
+            }
+        }
+
         let limits = &self.limits;
         let size = conf::format_size;
         let file_error = |message: String| Err(Error::Invalid(keys.file_error(message)));

@@ -69,6 +69,10 @@ fn exit_code(err: &anyhow::Error, admin_stdio: bool) -> u8 {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    loaded
+        .config
+        .refuse_unbuilt()
+        .context("loading configuration")?;
     let mut config = loaded.config;
     if let Some(host) = cli.host {
         config.host = host;
