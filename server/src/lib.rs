@@ -18,3 +18,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod views;
+pub mod ws;

@@ -1,10 +1,11 @@
 //! `AppState`: the handles every request handler, session and background task shares. Every field is a handle
 //! (cheap to clone, no outer `Arc`); the state itself lives in the scheduler, the store and the caches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use protocol::SessionId;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,30 +18,102 @@ use crate::settings::Settings;
 use crate::store::Store;
 use crate::views::WaitBoard;
 
-/// Open worker sessions by worker id (a tiny map: one entry per connected worker).
+/// Open worker sessions and upgrades waiting for `hello` (a tiny map: one entry per connected worker).
 #[derive(Debug, Clone, Default)]
 pub struct SessionRegistry {
-    inner: Arc<Mutex<HashSet<String>>>,
+    inner: Arc<Mutex<Registry>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Sessions past `hello`: session id → worker id.
+    sessions: HashMap<SessionId, String>,
+    /// Upgrades waiting for `hello`, per identity.
+    waiting: HashMap<String, usize>,
+}
+
+/// Upgrades waiting for `hello` allowed per identity (limits-and-bad-input.md §2.2).
+pub const MAX_WAITING_PER_IDENTITY: usize = 4;
+
+/// A place in the registry, from the upgrade until the session ends.
+#[derive(Debug)]
+pub struct SessionTicket {
+    registry: SessionRegistry,
+    worker: String,
+    session: Option<SessionId>,
 }
 
 impl SessionRegistry {
-    /// Worker ids with an open session.
-    pub fn connected(&self) -> HashSet<String> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
     }
 
+    /// Admits an upgrade if fewer than `max` sessions (waiting ones included) exist and the identity has fewer than
+    /// four waiting for `hello`.
+    pub fn try_admit(&self, worker: &str, max: usize) -> Option<SessionTicket> {
+        let mut registry = self.lock();
+        let waiting: usize = registry.waiting.values().sum();
+        if registry.sessions.len() + waiting >= max
+            || registry.waiting.get(worker).copied().unwrap_or(0) >= MAX_WAITING_PER_IDENTITY
+        {
+            return None;
+        }
+        *registry.waiting.entry(worker.to_owned()).or_default() += 1;
+        Some(SessionTicket {
+            registry: self.clone(),
+            worker: worker.to_owned(),
+            session: None,
+        })
+    }
+
+    /// Worker ids with an open session.
+    pub fn connected(&self) -> HashSet<String> {
+        self.lock().sessions.values().cloned().collect()
+    }
+
+    /// Open sessions (past `hello`).
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.lock().sessions.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl SessionTicket {
+    /// The session passed `hello`.
+    pub fn promote(&mut self, session: SessionId) {
+        let mut registry = self.registry.lock();
+        if let Some(count) = registry.waiting.get_mut(&self.worker) {
+            *count -= 1;
+            if *count == 0 {
+                registry.waiting.remove(&self.worker);
+            }
+        }
+        registry.sessions.insert(session, self.worker.clone());
+        self.session = Some(session);
+    }
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        let mut registry = self.registry.lock();
+        match self.session {
+            Some(session) => {
+                registry.sessions.remove(&session);
+            }
+            None => {
+                if let Some(count) = registry.waiting.get_mut(&self.worker) {
+                    *count -= 1;
+                    if *count == 0 {
+                        registry.waiting.remove(&self.worker);
+                    }
+                }
+            }
+        }
     }
 }
 

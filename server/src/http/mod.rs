@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/{worker_id}", get(workers::show))
         .route("/admin/janitor", post(system::janitor))
+        .route("/worker/ws", get(crate::ws::worker_ws))
         .route("/worker/register", removed.clone())
         .route("/worker/{worker_id}/verify", removed.clone())
         .route("/worker/deregister", removed.clone())

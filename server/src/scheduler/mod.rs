@@ -7,6 +7,7 @@
 
 pub mod plan;
 mod state;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use protocol::rest::{self, JobStatus};
-use protocol::{EventId, JobId, UlidGenerator};
+use protocol::ws::{CoordinatorMessage, Hello, WorkerMessage};
+use protocol::{EventId, JobId, SessionId, UlidGenerator};
 
 use crate::hub::EventHub;
 use crate::janitor::{self, Action, ClassView, JobView, Rules, WorkerView};
@@ -27,6 +29,8 @@ use crate::store::{self, Batch, Store};
 use crate::views::{self, WaitBoard};
 
 pub use state::{ActiveJob, Queue, WorkerState};
+use workers::sleep_until_opt;
+pub use workers::{HelloRefusal, Outbound, SessionLink};
 
 /// Scheduler failures, in domain words.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,27 @@ enum Command {
     Counts { reply: Reply<(usize, usize)> },
     /// Every known worker, as the API shows it.
     Workers { reply: Reply<Vec<rest::WorkerInfo>> },
+    /// A session's validated `hello` (W1, W2, W5); the `welcome` goes out through the link after its flush.
+    WorkerHello {
+        hello: Box<Hello>,
+        link: SessionLink,
+        now: OffsetDateTime,
+        reply: oneshot::Sender<Result<(), HelloRefusal>>,
+    },
+    /// One frame of a session after `hello`, handled in arrival order.
+    WorkerFrame {
+        worker: String,
+        session: SessionId,
+        frame: Box<WorkerMessage>,
+        now: OffsetDateTime,
+        reply: oneshot::Sender<()>,
+    },
+    /// A session ended (W6).
+    WorkerGone {
+        worker: String,
+        session: SessionId,
+        now: OffsetDateTime,
+    },
 }
 
 /// How a follower sign of life changes the job's open-stream count.
@@ -253,6 +278,59 @@ impl SchedulerHandle {
         self.ask(None, |reply| Command::Workers { reply }).await
     }
 
+    /// Registers a session's `hello`; `Ok` once the scheduler accepted it (the `welcome` follows on the link).
+    pub async fn worker_hello(
+        &self,
+        hello: Hello,
+        link: SessionLink,
+    ) -> Result<Result<(), HelloRefusal>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let now = OffsetDateTime::now_utc();
+        self.tx
+            .send(Command::WorkerHello {
+                hello: Box::new(hello),
+                link,
+                now,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Hands over one frame and waits until it is applied (one command in flight per session).
+    pub async fn worker_frame(
+        &self,
+        worker: &str,
+        session: SessionId,
+        frame: WorkerMessage,
+    ) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        let now = OffsetDateTime::now_utc();
+        let command = Command::WorkerFrame {
+            worker: worker.to_owned(),
+            session,
+            frame: Box::new(frame),
+            now,
+            reply,
+        };
+        self.tx.send(command).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// A session ended.
+    pub async fn worker_gone(&self, worker: &str, session: SessionId) {
+        let now = OffsetDateTime::now_utc();
+        let _ = self
+            .tx
+            .send(Command::WorkerGone {
+                worker: worker.to_owned(),
+                session,
+                now,
+            })
+            .await;
+    }
+
     /// `(pending, active)` job counts.
     pub async fn counts(&self) -> Result<(usize, usize), Error> {
         self.ask(None, |reply| Command::Counts { reply }).await
@@ -272,6 +350,10 @@ pub struct Scheduler {
     workers: BTreeMap<String, WorkerState>,
     job_ids: UlidGenerator,
     event_ids: UlidGenerator,
+    /// When the precise timers of R1 and R2 next need a look (a wall-clock time).
+    next_worker_check: Option<OffsetDateTime>,
+    /// Last live progress sent to followers per job (at most one per 250 ms).
+    progress_sent: HashMap<JobId, OffsetDateTime>,
 }
 
 /// Builds the scheduler over the active jobs loaded from the store. Every clock that measures a peer's silence
@@ -297,6 +379,8 @@ pub fn new(
         workers: BTreeMap::new(),
         job_ids: UlidGenerator::new(),
         event_ids: UlidGenerator::new(),
+        next_worker_check: None,
+        progress_sent: HashMap::new(),
     };
     for (id, record) in known_workers {
         scheduler
@@ -314,10 +398,21 @@ pub fn new(
         if record.status == JobStatus::Pending {
             scheduler.queue.insert(&record);
         }
+        if record.status.occupies_slot()
+            && let Some(worker) = record
+                .worker_id
+                .as_ref()
+                .and_then(|id| scheduler.workers.get_mut(id))
+        {
+            worker.used += 1;
+            // The lease restarts now: the coordinator itself was down (lifecycle.md §6.1).
+            worker.last_seen = now;
+        }
         scheduler
             .jobs
             .insert(record.id, ActiveJob::new(record, now));
     }
+    scheduler.schedule_worker_check();
     (SchedulerHandle { tx }, scheduler)
 }
 
@@ -326,6 +421,8 @@ pub fn new(
 struct Tx {
     batch: Batch,
     events: Vec<(JobId, EventId, Arc<Event>)>,
+    /// Frames to workers, sent once the batch is durable.
+    frames: Vec<(String, CoordinatorMessage)>,
 }
 
 /// The status change to record.
@@ -342,6 +439,7 @@ impl Scheduler {
         self.place(&mut tx, OffsetDateTime::now_utc());
         self.finish(tx, |_| {});
         loop {
+            let wake = self.worker_check_instant();
             let command = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -349,6 +447,12 @@ impl Scheduler {
                     Some(command) => command,
                     None => break,
                 },
+                () = sleep_until_opt(wake) => {
+                    // The precise timers of R1 and R2: the same rules the janitor runs, at the current time.
+                    let rules = Rules { workers: true, jobs: false, prune: false, place: true };
+                    self.janitor(rules, OffsetDateTime::now_utc());
+                    continue;
+                }
             };
             self.handle(command);
         }
@@ -380,13 +484,48 @@ impl Scheduler {
             Command::Workers { reply } => {
                 let _ = reply.send(Ok(self.workers.values().map(WorkerState::info).collect()));
             }
+            Command::WorkerHello {
+                hello,
+                link,
+                now,
+                reply,
+            } => self.worker_hello(*hello, link, now, reply),
+            Command::WorkerFrame {
+                worker,
+                session,
+                frame,
+                now,
+                reply,
+            } => {
+                self.worker_frame(&worker, session, *frame, now);
+                let _ = reply.send(());
+            }
+            Command::WorkerGone {
+                worker,
+                session,
+                now,
+            } => self.worker_gone(&worker, session, now),
         }
     }
 
     /// Commits the batch and hands its follow-ups to the flusher: floors first, so no follower reads an event
     /// before its flush; then, once durable, events, and the reply.
     fn finish(&mut self, tx: Tx, reply: impl FnOnce(Result<(), Error>) + Send + 'static) {
-        let Tx { batch, events } = tx;
+        let Tx {
+            batch,
+            events,
+            frames,
+        } = tx;
+        let frames: Vec<(SessionLink, CoordinatorMessage)> = frames
+            .into_iter()
+            .filter_map(|(worker, frame)| {
+                let link = self
+                    .workers
+                    .get(&worker)
+                    .and_then(|state| state.link.clone())?;
+                Some((link, frame))
+            })
+            .collect();
         let mut order: Vec<JobId> = Vec::new();
         let mut seen = HashSet::new();
         for (job, id, _) in &events {
@@ -415,6 +554,11 @@ impl Scheduler {
             }
             for job in order {
                 hub.release(job, by_job.remove(&job).unwrap_or_default());
+            }
+            if result.is_ok() {
+                for (link, frame) in frames {
+                    link.send(&frame);
+                }
             }
             reply(result.map_err(|_| Error::Unavailable));
         }));
@@ -478,11 +622,36 @@ impl Scheduler {
             return;
         };
         let previous = job.record.status;
+        let previous_worker = job.record.worker_id.clone();
         if previous == JobStatus::Pending && change.status != JobStatus::Pending {
             self.queue.remove(&job.record);
         }
+        if change.status == JobStatus::Pending {
+            job.record.worker_id = None;
+        }
         self.transition(tx, &mut job.record, change, now);
         job.since = now;
+        let (was, is) = (previous.occupies_slot(), job.record.status.occupies_slot());
+        if was && !is {
+            if let Some(worker) = previous_worker
+                .as_ref()
+                .and_then(|id| self.workers.get_mut(id))
+            {
+                worker.used = worker.used.saturating_sub(1);
+            }
+        } else if !was
+            && is
+            && let Some(worker) = job
+                .record
+                .worker_id
+                .as_ref()
+                .and_then(|id| self.workers.get_mut(id))
+        {
+            worker.used += 1;
+        }
+        if job.record.status.is_terminal() {
+            self.progress_sent.remove(&id);
+        }
         tx.batch.put_job(&job.record, Some(previous));
         if job.record.status == JobStatus::Pending && previous != JobStatus::Pending {
             self.queue.insert(&job.record);
@@ -650,10 +819,14 @@ impl Scheduler {
                     sender: Some(by.identity),
                 };
                 self.apply(&mut tx, id, change, now);
+                self.send_cancel(&mut tx, id, protocol::ws::cancel_reason::REQUESTED);
                 CancelOutcome::Canceling
             }
-            // Already canceling: nothing changes (the worker is asked again once sessions exist).
-            _ => CancelOutcome::Canceling,
+            // Already canceling: nothing changes but the worker is asked again.
+            _ => {
+                self.send_cancel(&mut tx, id, protocol::ws::cancel_reason::REQUESTED);
+                CancelOutcome::Canceling
+            }
         };
         self.place(&mut tx, now);
         self.finish(tx, move |result| {
@@ -770,8 +943,13 @@ impl Scheduler {
         };
         self.apply(tx, id, change, now);
         if let Some(state) = self.workers.get_mut(worker) {
-            state.used += 1;
             state.last_assigned_at = Some(now);
+        }
+        if let Some(job) = self.jobs.get(&id) {
+            tx.frames.push((
+                worker.to_owned(),
+                CoordinatorMessage::AssignJob(workers::assign_frame(&job.record)),
+            ));
         }
     }
 
@@ -814,6 +992,7 @@ impl Scheduler {
             self.place(&mut tx, now);
         }
         self.finish(tx, |_| {});
+        self.schedule_worker_check();
         summary
     }
 
@@ -871,6 +1050,9 @@ impl Scheduler {
                     sender: coordinator,
                 };
                 self.apply(tx, *job, change, now);
+                if next == JobStatus::Canceling {
+                    self.send_cancel(tx, *job, protocol::ws::cancel_reason::CLIENT_GONE);
+                }
                 true
             }
             Action::CancelTimeout { job, attempt } => {
@@ -885,6 +1067,8 @@ impl Scheduler {
                     "the worker did not confirm the cancel within {} s",
                     self.settings.thresholds.cancel_timeout.as_secs_f64()
                 );
+                // The worker is asked once more, so a process that ignored the first cancel still goes.
+                self.send_cancel(tx, *job, protocol::ws::cancel_reason::CANCEL_TIMEOUT);
                 let change = Transition {
                     status: JobStatus::Canceled,
                     reason: Some(("cancel_timeout", detail)),
@@ -903,11 +1087,12 @@ impl Scheduler {
                     .retain(|(name, until)| !(name == worker && *until <= now));
                 before != active.exclusions.len()
             }
-            // Worker-side rules act on sessions and attempts, which arrive with worker sessions.
-            Action::ReapSession { .. }
-            | Action::LeaseExpired { .. }
-            | Action::JobSilent { .. }
-            | Action::AssignmentTimeout { .. } => false,
+            Action::ReapSession { worker } => self.reap_session(worker, now),
+            Action::LeaseExpired { worker } => self.lease_expired(tx, worker, now),
+            Action::JobSilent { job, attempt } => self.job_silent(tx, *job, *attempt, now),
+            Action::AssignmentTimeout { job, attempt } => {
+                self.assignment_timeout(tx, *job, *attempt, now)
+            }
         }
     }
 }

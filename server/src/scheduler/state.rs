@@ -2,13 +2,14 @@
 //! Owned by the actor alone; nothing here is shared or locked.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use time::OffsetDateTime;
 
 use protocol::JobId;
 use protocol::rest::{WorkerInfo, WorkerStatus};
 
+use super::SessionLink;
 use super::plan::{ClassKey, JobFacts, QueueKey, WorkerSlots};
 use crate::janitor::{JobView, WorkerView};
 use crate::store::records::{JobRecord, WorkerRecord, from_micros};
@@ -162,9 +163,12 @@ pub struct WorkerState {
     pub last_frame: Option<OffsetDateTime>,
     /// Last sign of life, kept while offline (R2).
     pub last_seen: OffsetDateTime,
-    pub session_open: bool,
+    /// The open session, if any.
+    pub link: Option<SessionLink>,
     /// Start of the current session.
     pub connected_since: Option<OffsetDateTime>,
+    /// `(job, attempt)` pairs already answered with `cancel_job {stale_attempt}` in this session.
+    pub stale_sent: HashSet<(JobId, u32)>,
 }
 
 impl WorkerState {
@@ -179,8 +183,9 @@ impl WorkerState {
             last_assigned_at: None,
             last_frame: None,
             last_seen: from_micros(record.last_seen),
-            session_open: false,
+            link: None,
             connected_since: None,
+            stale_sent: HashSet::new(),
             status: WorkerStatus::Offline,
             record,
         }
@@ -206,7 +211,7 @@ impl WorkerState {
     }
 
     pub fn session_open(&self) -> bool {
-        self.session_open
+        self.link.is_some()
     }
 
     pub fn slots(&self) -> WorkerSlots<'_> {
@@ -224,12 +229,12 @@ impl WorkerState {
     pub fn view(&self) -> WorkerView<'_> {
         WorkerView {
             id: &self.id,
-            session_last_frame: if self.session_open {
+            session_last_frame: if self.session_open() {
                 self.last_frame
             } else {
                 None
             },
-            offline_with_jobs_since: if !self.session_open && self.used > 0 {
+            offline_with_jobs_since: if !self.session_open() && self.used > 0 {
                 Some(self.last_seen)
             } else {
                 None

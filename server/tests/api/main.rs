@@ -5,6 +5,7 @@ mod auth;
 mod janitor;
 mod jobs;
 mod process;
+mod sessions;
 mod shutdown;
 mod streams;
 mod submit;
@@ -44,13 +45,15 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
 }
 
-/// Identities every test app has: `client01`, `client02` (clients), `worker01` (worker), `admin01` (admin).
-pub const STANDARD_IDENTITIES: [(&str, Role, &[&str]); 5] = [
+/// Identities every test app has: `client01`, `client02` (clients), `worker01`, `worker02` (workers), `admin01`
+/// (admin), `faraway` (a client allowed only from 10.0.0.0/8).
+pub const STANDARD_IDENTITIES: [(&str, Role, &[&str]); 6] = [
     ("client01", Role::Client, &[]),
     ("client02", Role::Client, &[]),
     ("worker01", Role::Worker, &[]),
     ("admin01", Role::Admin, &[]),
     ("faraway", Role::Client, &["10.0.0.0/8"]),
+    ("worker02", Role::Worker, &[]),
 ];
 
 /// Creates identities in a stopped store, as `dffmpeg-admin` does offline.
@@ -143,13 +146,19 @@ impl TestApp {
         &self,
         now: time::OffsetDateTime,
     ) -> std::collections::BTreeMap<String, u64> {
-        dffmpeg_coordinator::janitor::sweep_once(
-            &self.state,
-            protocol::rest::JanitorAction::RunAll,
-            now,
-        )
-        .await
-        .unwrap()
+        self.janitor_action(protocol::rest::JanitorAction::RunAll, now)
+            .await
+    }
+
+    /// Runs one janitor action at `now` (`clean_jobs` leaves live sessions alone while time is moved ahead).
+    pub async fn janitor_action(
+        &self,
+        action: protocol::rest::JanitorAction,
+        now: time::OffsetDateTime,
+    ) -> std::collections::BTreeMap<String, u64> {
+        dffmpeg_coordinator::janitor::sweep_once(&self.state, action, now)
+            .await
+            .unwrap()
     }
 
     /// Sends a shutdown signal; the server must return within 10 s.
