@@ -31,7 +31,7 @@ use crate::janitor::{self, Janitor};
 use crate::scheduler::{self, Scheduler};
 use crate::settings::Settings;
 use crate::state::{AppState, SessionRegistry, StreamCounter};
-use crate::store::{self, Flusher, Store};
+use crate::store::{self, Engine, Flusher, SledEngine, Store};
 use crate::views::WaitBoard;
 
 /// Why the coordinator could not start or did not stop cleanly.
@@ -104,10 +104,22 @@ impl Application {
     /// Opens the store (startup checks included), loads identities, replay entries, active jobs and workers,
     /// creates `localadmin` if missing, and binds the listener. Nothing is served yet.
     pub async fn build(config: Config, dev: bool) -> Result<Application, Error> {
+        Application::build_with_engine(config, dev, |engine| Arc::new(engine)).await
+    }
+
+    /// `build` over the sled engine as wrapped by `wrap`: the store trait's seam, used by tests to inject
+    /// storage faults.
+    pub async fn build_with_engine(
+        config: Config,
+        dev: bool,
+        wrap: impl FnOnce(SledEngine) -> Arc<dyn Engine>,
+    ) -> Result<Application, Error> {
         let started = Instant::now();
         let settings = Arc::new(Settings::from_config(&config, dev));
-        let opened = Store::open(&config.database.path, settings.cache_capacity_bytes)
-            .map_err(Error::Store)?;
+        let engine = SledEngine::open(&config.database.path, settings.cache_capacity_bytes)
+            .map_err(|err| Error::Store(err.into()))?;
+        let opened =
+            Store::open_engine(wrap(engine), &config.database.path).map_err(Error::Store)?;
         if opened.unclean {
             tracing::warn!(path = %config.database.path.display(), "store recovered after an unclean stop");
         }

@@ -126,6 +126,7 @@ fn io_error(err: sled::Error) -> EngineError {
 impl SledEngine {
     /// Opens (or creates) the database in `dir/db`. `dir` is shown in errors.
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<SledEngine, EngineError> {
+        create_dir(dir)?;
         let db_path = dir.join("db");
         let existed = db_path.join("conf").exists() || db_path.join("db").exists();
         let db = sled::Config::new()
@@ -254,4 +255,20 @@ impl Engine for SledEngine {
     fn existed(&self) -> bool {
         self.existed
     }
+}
+
+/// Creates the store directory with mode 0700 if it is missing.
+fn create_dir(dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| EngineError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })
 }

@@ -389,7 +389,6 @@ impl Store {
     /// Opens the store in `dir` (created with mode 0700 if missing), checks the schema, handles `clean_stop`
     /// durably and runs the startup consistency checks (storage.md §5). Nothing is served before this returns.
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Opened, Error> {
-        create_dir(dir)?;
         let engine = SledEngine::open(dir, cache_capacity_bytes)?;
         Store::open_engine(Arc::new(engine), dir)
     }
@@ -894,21 +893,6 @@ impl Store {
         }
         Ok(out)
     }
-}
-
-fn create_dir(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| Error::Open {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 impl Flusher {
