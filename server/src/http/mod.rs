@@ -2,6 +2,7 @@
 //! request ids and the headers of api.md §1, the one log line per failed request, the panic catcher, and the
 //! shutdown gate. Handlers live one file per resource.
 
+mod docs;
 mod jobs;
 mod json;
 pub mod query;
@@ -66,6 +67,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(system::root))
         .route("/health", get(system::health))
+        .route("/docs", get(docs::swagger_page))
+        .route("/docs/{asset}", get(docs::swagger_asset))
+        .route("/redoc", get(docs::redoc_page))
+        .route("/redoc/{asset}", get(docs::redoc_asset))
+        .route("/openapi.json", get(docs::openapi_json))
         .route("/jobs/submit", post(jobs::submit))
         .route("/jobs", get(jobs::list))
         .route(
