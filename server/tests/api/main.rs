@@ -2,6 +2,7 @@
 //! driven over HTTP by the real client, one module per feature. `process` runs the real binary.
 
 mod auth;
+mod docs;
 mod edge;
 mod janitor;
 mod jobs;
