@@ -6,11 +6,13 @@
 //! harness. Without `/usr/bin/chromedriver` the browser test fails and says what to install.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -269,12 +271,25 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
     std::fs::create_dir_all(&work).unwrap();
     let driver = ChromeDriver::start(&work.join("chromedriver.log")).await;
     let client = driver.session(&work.join("profile")).await;
-    let base = &coordinator.base;
+    // Chromium outlives a killed chromedriver, so the session is closed even when a check fails.
+    let outcome = AssertUnwindSafe(check_pages(&driver, &client, &coordinator.base, &work))
+        .catch_unwind()
+        .await;
+    let closed = client.close().await;
+    drop(driver);
+    coordinator.stop().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    closed.expect("closing the Chromium session");
+}
 
+/// What the browser test checks on `/docs` and `/redoc`.
+async fn check_pages(driver: &ChromeDriver, client: &Client, base: &str, work: &Path) {
     // Swagger UI: the operation block of /jobs/submit exists only once the document is fetched and rendered.
     client.goto(&format!("{base}/docs")).await.unwrap();
     let submit = wait_for(
-        &client,
+        client,
         "#operations-jobs-jobs_submit .opblock-summary",
         "Swagger UI's operation block for POST /jobs/submit",
     )
@@ -283,7 +298,7 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
     assert!(summary.contains("/jobs/submit"), "{summary}");
     submit.click().await.unwrap();
     let responses = wait_for(
-        &client,
+        client,
         "#operations-jobs-jobs_submit .responses-table",
         "the expanded responses of POST /jobs/submit",
     )
@@ -297,27 +312,27 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
         )
         .await
         .unwrap();
-    screenshot(&client, &work, "docs-swagger.png").await;
-    let console = driver.console(&client).await;
+    screenshot(client, work, "docs-swagger.png").await;
+    let console = driver.console(client).await;
     assert!(problems(&console).is_empty(), "/docs: {console:#?}");
 
     // ReDoc: the overview's title, then the operation page of /jobs/submit (hash routing stays on /redoc).
     client.goto(&format!("{base}/redoc")).await.unwrap();
     let title = wait_for(
-        &client,
+        client,
         "h1[data-component-name='Typography/H1']",
         "ReDoc's rendered title",
     )
     .await;
     let title = title.text().await.unwrap();
     assert!(title.contains("dffmpeg coordinator"), "{title}");
-    screenshot(&client, &work, "docs-redoc.png").await;
+    screenshot(client, work, "docs-redoc.png").await;
     client
         .goto(&format!("{base}/redoc#/jobs/jobs_submit"))
         .await
         .unwrap();
     let heading = wait_for(
-        &client,
+        client,
         "h2[data-component-name='Typography/H2'] a[href='#/jobs/jobs_submit']",
         "ReDoc's operation heading for POST /jobs/submit",
     )
@@ -328,10 +343,10 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
         .unwrap()
         .unwrap_or_default();
     assert!(label.contains("Create a job"), "{label}");
-    screenshot(&client, &work, "docs-redoc-submit.png").await;
+    screenshot(client, work, "docs-redoc-submit.png").await;
     // Search runs on an index ReDoc builds in the page: it must work under the policy too.
     wait_for(
-        &client,
+        client,
         "[data-testid='search-trigger']",
         "ReDoc's search box",
     )
@@ -340,7 +355,7 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
     .await
     .unwrap();
     wait_for(
-        &client,
+        client,
         "[data-testid='search-dialog'] input",
         "ReDoc's search input",
     )
@@ -349,19 +364,15 @@ async fn swagger_ui_and_redoc_render_the_document_in_chromium() {
     .await
     .unwrap();
     let hit = wait_for(
-        &client,
+        client,
         "[data-testid='search-dialog'] [data-component-name='Search/SearchItem']",
         "a ReDoc search result",
     )
     .await;
     let hit = hit.text().await.unwrap();
     assert!(hit.contains("client_heartbeat"), "{hit}");
-    let console = driver.console(&client).await;
+    let console = driver.console(client).await;
     assert!(problems(&console).is_empty(), "/redoc: {console:#?}");
-
-    client.close().await.unwrap();
-    drop(driver);
-    coordinator.stop().await;
 }
 
 #[tokio::test]
