@@ -984,3 +984,95 @@ async fn shutdown_sends_workers_a_shutdown_frame_and_closes_1001() {
     let _ = CloseCode::Away;
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_silent_running_job_is_lost_and_a_stuck_cancel_times_out() {
+    let app = TestApp::spawn().await;
+    let mut worker = app.connect_worker("worker01", &["Media"], 2).await;
+    let silent = app.client.submit(&transcode()).await.unwrap().job;
+    let stuck = app.client.submit(&transcode()).await.unwrap().job;
+    let a = worker.expect_assignment().await;
+    let b = worker.expect_assignment().await;
+    worker.accept(&a).await;
+    worker.accept(&b).await;
+    worker.heartbeat(vec![]).await;
+    app.client.cancel(stuck.job_id).await.unwrap();
+    match worker.recv_skipping_acks().await {
+        CoordinatorMessage::CancelJob(cancel) => assert_eq!(cancel.job_id, stuck.job_id),
+        other => panic!("{other:?}"),
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let clean_jobs = protocol::rest::JanitorAction::CleanJobs;
+    // hb 5 s × 2.5: silent after 12.5 s.
+    let summary = app
+        .janitor_action(clean_jobs, now + time::Duration::seconds(12))
+        .await;
+    assert_eq!(summary["jobs_silent"], 0);
+    let summary = app
+        .janitor_action(clean_jobs, now + time::Duration::seconds(13))
+        .await;
+    assert_eq!(summary["jobs_silent"], 1);
+    match worker.recv_skipping_acks().await {
+        CoordinatorMessage::CancelJob(cancel) => {
+            assert_eq!(
+                (cancel.job_id, cancel.reason.as_str()),
+                (silent.job_id, "job_silent")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let record = status_of(&app, silent.job_id).await;
+    assert_eq!(
+        record.attempt, 2,
+        "lost, requeued and placed again: {record:?}"
+    );
+    // The cancel the worker never confirmed: canceled after job_cancel_timeout, and the worker is asked again.
+    let summary = app
+        .janitor_action(clean_jobs, now + time::Duration::seconds(31))
+        .await;
+    assert_eq!(summary["cancels_timed_out"], 1);
+    let record = status_of(&app, stuck.job_id).await;
+    assert_eq!(
+        (record.status, record.reason.as_deref()),
+        (JobStatus::Canceled, Some("cancel_timeout"))
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_last_allowed_refusal_fails_the_job() {
+    let app = TestApp::spawn_with(|config| config.scheduler.max_rejections = 2).await;
+    let mut first = app.connect_worker("worker01", &["Media"], 1).await;
+    let mut second = app.connect_worker("worker02", &["Media"], 1).await;
+    let job = app.client.submit(&transcode()).await.unwrap().job;
+    let (mut holder, mut other) = if job.worker_id.as_deref() == Some("worker01") {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    for _ in 0..2 {
+        let assign = holder.expect_assignment().await;
+        holder
+            .send(WorkerMessage::JobRejected(JobRejected {
+                job_id: assign.job_id,
+                attempt: assign.attempt,
+                code: "binary_unavailable".into(),
+                message: "ffmpeg vanished".into(),
+            }))
+            .await;
+        holder.heartbeat(vec![]).await; // answered after the rejection was applied
+        std::mem::swap(&mut holder, &mut other);
+    }
+    let record = app.client.job_status(job.job_id).await.unwrap();
+    assert_eq!(
+        (record.status, record.reason.as_deref()),
+        (JobStatus::Failed, Some("rejected")),
+        "{record:?}"
+    );
+    assert!(record.reason_detail.unwrap().contains("binary_unavailable"));
+    first = holder;
+    second = other;
+    first.heartbeat(vec![]).await;
+    second.heartbeat(vec![]).await;
+    app.shutdown().await.unwrap();
+}
