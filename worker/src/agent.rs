@@ -1232,7 +1232,15 @@ impl Agent {
                     next_output_seq = resumed.next_output_seq, first_resent = first, "job resumed");
             }
         }
-        for held in self.jobs.values_mut() {
+        for (job, held) in self.jobs.iter_mut() {
+            if !welcome
+                .resumed
+                .iter()
+                .any(|resumed| resumed.job_id == job.job_id && resumed.attempt == job.attempt)
+            {
+                // Kept: the coordinator's fencing answers any frame about it (`cancel_job`, `ack {stale}`).
+                tracing::warn!(job_id = %job.job_id, attempt = job.attempt, "held job neither resumed nor canceled");
+            }
             if let JobPhase::Finished { sent, .. } = &mut held.phase {
                 *sent = false;
             }
