@@ -646,3 +646,89 @@ async fn stdin_frames_are_written_in_order_and_eof_closes_the_pipe() {
         .next_back();
     assert_eq!(last_written, Some((12, true)));
 }
+
+#[tokio::test]
+async fn a_job_that_ends_while_disconnected_is_reported_after_the_reconnect_with_dropped_bytes() {
+    let mut fake = FakeCoordinator::start().await;
+    let _worker = TestWorker::start(&fake, |config| config.output.buffer_bytes = 64 << 10).await;
+    let (mut session, _) = fake.connect(300).await;
+    let job_id = new_job_id();
+    // About 11 MiB of raw video on stdout, far more than the 64 KiB buffer.
+    session
+        .send(CoordinatorMessage::AssignJob(assign(
+            job_id,
+            1,
+            "ffmpeg",
+            &[
+                "-nostdin",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=duration=2:size=320x240:rate=25",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            &[],
+        )))
+        .await;
+    // Disconnected before the process is even accepted: nobody reads its output until it has ended.
+    fake.refuse_next(usize::MAX);
+    let pid = accepted_pid(&mut session).await;
+    session.close(1011).await;
+    drop(session);
+    wait_gone(
+        pid,
+        Duration::from_secs(20),
+        "a job writing while disconnected",
+    )
+    .await;
+    fake.refuse_next(0);
+    let mut next = fake.next_session("reconnection after the job ended").await;
+    let hello = next.hello().await;
+    assert_eq!(hello.jobs.len(), 1);
+    assert_eq!(hello.jobs[0].state, HeldState::Finished);
+    next.welcome(
+        300,
+        1500,
+        vec![ResumedJob {
+            job_id,
+            attempt: 1,
+            next_output_seq: 0,
+        }],
+        vec![],
+    )
+    .await;
+    let (finished, frames) = next
+        .until("the job_finished after the reconnect", |m| {
+            matches!(m, WorkerMessage::JobFinished(_))
+        })
+        .await;
+    let finished = finished_of(finished);
+    assert_eq!(finished.status, FinishedStatus::Completed);
+    let dropped: u64 = frames
+        .iter()
+        .filter_map(|m| match m {
+            WorkerMessage::JobLogs(logs) => logs.dropped_bytes,
+            _ => None,
+        })
+        .sum();
+    // 11 MiB written; at most 4 MiB queued before the disconnect, 1 MiB of sent history and 64 KiB kept.
+    assert!(
+        dropped > 4 << 20,
+        "the oldest output was dropped: {dropped} bytes"
+    );
+    let (stdout, seqs) = output(&frames, OutputStream::Stdout);
+    assert!(
+        stdout.len() <= (1 << 20) + (64 << 10),
+        "at most the sent history and the buffer are kept: {}",
+        stdout.len()
+    );
+    assert_eq!(
+        seqs.last().map(|seq| seq + 1),
+        Some(finished.output_seq_end),
+        "the newest chunks are kept"
+    );
+}
