@@ -460,7 +460,16 @@ async fn expect_rejection(
 #[tokio::test]
 async fn rejections_carry_the_exact_codes() {
     let mut fake = FakeCoordinator::start().await;
-    let worker = TestWorker::start(&fake, |config| config.max_concurrent_jobs = 1).await;
+    // An executable whose interpreter does not exist: usable by the checks, refused by the kernel at exec.
+    let scripts = tempfile::tempdir().unwrap();
+    let broken = scripts.path().join("broken");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let worker = TestWorker::start(&fake, |config| {
+        config.max_concurrent_jobs = 1;
+        config.binaries.insert("broken".into(), broken.clone());
+    })
+    .await;
     std::fs::write(worker.media.join("file"), b"x").unwrap();
     let (mut session, _) = fake.connect(500).await;
 
@@ -500,6 +509,14 @@ async fn rejections_carry_the_exact_codes() {
         reject_code::WORKING_DIRECTORY_UNAVAILABLE,
     )
     .await;
+
+    let message = expect_rejection(
+        &mut session,
+        CoordinatorMessage::AssignJob(assign(new_job_id(), 1, "broken", &[], &[])),
+        reject_code::SPAWN_FAILED,
+    )
+    .await;
+    assert_eq!(message, "No such file or directory (os error 2)");
 
     // One slot: a second job while the first runs.
     let running = new_job_id();
