@@ -271,3 +271,36 @@ async fn sighup_rechecks_paths_and_the_next_heartbeat_reports_them() {
     assert_eq!(heartbeat.paths, Some(vec![]));
     assert_eq!(heartbeat.binaries, None);
 }
+
+#[tokio::test]
+async fn https_connects_with_tls() {
+    use tokio::io::AsyncReadExt;
+
+    // A plain TCP listener standing in for an https coordinator: the first bytes must be a TLS ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = FakeCoordinator::start().await;
+    let worker = TestWorker::start(&fake, |config| {
+        config.coordinator.scheme = dffmpeg_worker::config::Scheme::Https;
+        config.coordinator.port = port;
+    })
+    .await;
+    let (mut stream, _) = tokio::time::timeout(super::WAIT, listener.accept())
+        .await
+        .expect("the worker connects")
+        .unwrap();
+    let mut head = [0u8; 3];
+    tokio::time::timeout(super::WAIT, stream.read_exact(&mut head))
+        .await
+        .expect("the worker sends a ClientHello")
+        .unwrap();
+    assert_eq!(head[0], 0x16, "a TLS handshake record");
+    assert_eq!(head[1], 0x03);
+    drop(stream);
+    // The failed handshake is retried like any failed connection.
+    tokio::time::timeout(super::WAIT, listener.accept())
+        .await
+        .expect("the worker retries")
+        .unwrap();
+    assert!(!worker.has_exited());
+}
