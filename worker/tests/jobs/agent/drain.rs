@@ -233,3 +233,44 @@ async fn a_worker_draining_while_disconnected_says_so_in_hello() {
     .await;
     assert_eq!(worker.exit("stopped worker").await, Ok(()));
 }
+
+#[tokio::test]
+async fn the_drain_timeout_gives_the_remaining_jobs_back() {
+    let mut fake = FakeCoordinator::start().await;
+    let worker = TestWorker::start(&fake, |config| {
+        config.drain_timeout_seconds = Some(Duration::from_millis(300));
+    })
+    .await;
+    let (mut session, _) = fake.connect(300).await;
+    let job_id = new_job_id();
+    session
+        .send(CoordinatorMessage::AssignJob(assign_args(
+            job_id,
+            1,
+            long_ffmpeg(60),
+        )))
+        .await;
+    session
+        .until("job_accepted", |m| {
+            matches!(m, WorkerMessage::JobAccepted(_))
+        })
+        .await;
+    worker.signal(WorkerSignal::Terminate).await;
+    let (abandoned, skipped) = session
+        .until("job_abandoned at the drain timeout", |m| {
+            matches!(m, WorkerMessage::JobAbandoned(_))
+        })
+        .await;
+    assert!(
+        skipped.iter().any(|m| matches!(m, WorkerMessage::Drain(_))),
+        "drain came first: {}",
+        summary(&skipped)
+    );
+    let WorkerMessage::JobAbandoned(abandoned) = abandoned else {
+        unreachable!()
+    };
+    assert_eq!(abandoned.reason, "worker_shutdown");
+    let (_, ended) = session.until_end("the stopped session").await;
+    assert_eq!(ended, Ended::Closed(Some(close::NORMAL)));
+    assert_eq!(worker.exit("worker after the drain timeout").await, Ok(()));
+}
