@@ -1,20 +1,35 @@
-//! dffmpeg worker: the job-execution core. It turns an `assign_job` into a supervised ffmpeg process and turns that
-//! process's pipes into output chunks, progress snapshots and an exit report (cli.md §3.2–§3.3, worker-protocol.md
-//! §4.5–§4.7, §7).
+//! dffmpeg worker: runs the jobs a coordinator pushes over an authenticated WebSocket session and streams their
+//! output, progress and results back (cli.md §3, worker-protocol.md).
 //!
-//! Not here (yet): the WebSocket session loop, configuration loading, binary and mount health checks, the argument
-//! policy (limits-and-bad-input.md §4), the stdin writer and the `dffmpeg-worker` binary. Those drive the APIs below:
+//! Reading order:
 //!
-//! - [`paths::PathRoots`] resolves `$Var` arguments and the working directory, or refuses an escape;
-//! - [`process::spawn_job`] starts the process and returns a [`process::RunningJob`] whose events
-//!   ([`process::JobEvent`]) carry throttled progress and the final [`process::ExitInfo`];
-//! - [`output::JobOutput`] is the per-job output buffer the session takes `job_logs` batches from;
-//! - [`progress`] holds the pure parsers (progress blocks, stats lines, expected duration) and the send throttle.
+//! - [`config`] loads `dffmpeg-worker.yaml` and the environment into a [`config::Config`] and an
+//!   [`config::Identity`];
+//! - [`health`] checks binaries and path roots (start, re-checks, SIGHUP);
+//! - [`agent`] holds [`Worker`]: `Worker::build` runs the start-up checks, `Worker::run_until` the session loop,
+//!   jobs, outbox, drain and signals;
+//! - [`session`] opens the signed WebSocket, writes frames and computes the reconnect backoff;
+//! - the job-execution core: [`paths::PathRoots`] resolves `$Var` arguments and the working directory, or refuses
+//!   an escape; [`process::spawn_job`] starts the process and returns a [`process::RunningJob`] whose events
+//!   ([`process::JobEvent`]) carry throttled progress and the final [`process::ExitInfo`]; [`output::JobOutput`] is
+//!   the per-job output buffer `job_logs` batches are taken from; [`progress`] holds the pure parsers;
+//! - [`check`] is `dffmpeg-worker --check`; [`telemetry`] installs the log subscriber.
+//!
+//! Not here (yet): the argument policy checker (limits-and-bad-input.md §4; its switches are refused at start) and
+//! mount recovery.
 
+pub mod agent;
+pub mod check;
+pub mod config;
+pub mod health;
 pub mod output;
 pub mod paths;
 pub mod process;
 pub mod progress;
+pub mod session;
+pub mod telemetry;
+
+pub use agent::{BuildError, RunError, Worker, WorkerSignal};
 
 /// Wall-clock milliseconds since the Unix epoch, the `time_ms` of the worker protocol.
 pub fn now_ms() -> i64 {

@@ -2,6 +2,7 @@
 //! shell stand-ins where ffmpeg cannot show the property (environment, descriptors, huge stderr lines, signals).
 //! Every wait is bounded and fails with a message naming what did not happen.
 
+mod agent;
 mod environment;
 mod ffmpeg;
 mod output;
