@@ -5,11 +5,13 @@
 //!
 //! It deliberately knows no program's keys: each program declares its own tree (`#[serde(deny_unknown_fields)]`),
 //! its upstream keys and its cross-key rules, and reports them through [`KeyMap`]. The one section shared word for
-//! word by the coordinator and the worker, `argument_policy`, lives here ([`ArgumentPolicy`]) so both parse it alike.
+//! word by the coordinator and the worker, `argument_policy`, lives here ([`ArgumentPolicy`]) so both parse it alike,
+//! as does `log_format` with the log subscriber both daemons install ([`init_logging`]).
 
 mod argument_policy;
 mod error;
 mod files;
+mod logging;
 mod upstream;
 mod values;
 mod yaml;
@@ -17,6 +19,7 @@ mod yaml;
 pub use argument_policy::{ArgumentPolicy, FFMPEG_URL_SCHEMES};
 pub use error::{ConfigError, Location, shown};
 pub use files::{MAX_FILE_BYTES, Places, candidates, locate, read_file, resolve_path};
+pub use logging::{LogFormat, init_logging};
 pub use upstream::{UpstreamAction, UpstreamKey};
 pub use values::{
     ByteSize, Ignored, Network, TimeSpan, checked_strings, duration, float, format_duration,

@@ -83,16 +83,7 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Log line format on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use conf::LogFormat;
 
 /// Store engine; only sled is built in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -16,6 +16,5 @@ pub mod scheduler;
 pub mod settings;
 pub mod state;
 pub mod store;
-pub mod telemetry;
 pub mod views;
 pub mod ws;

@@ -12,7 +12,7 @@ use dffmpeg_coordinator::admin::AdminService;
 use dffmpeg_coordinator::app::Application;
 use dffmpeg_coordinator::cli::Cli;
 use dffmpeg_coordinator::config::{self, Config};
-use dffmpeg_coordinator::{store, telemetry};
+use dffmpeg_coordinator::store;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,8 +83,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = cli.dev
         || config.dev_mode
         || std::env::var("DFFMPEG_COORDINATOR_DEV").is_ok_and(|value| value == "1");
-    let rust_log_warning =
-        telemetry::init(config.log_level(dev), config.log_format, std::io::stderr);
+    let rust_log_warning = conf::init_logging(
+        config.log_level(dev),
+        config.log_format,
+        std::env::var("RUST_LOG").ok().as_deref(),
+        std::io::stderr,
+    );
     let source = loaded
         .source
         .as_ref()

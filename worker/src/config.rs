@@ -106,16 +106,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Log line format on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use conf::LogFormat;
 
 /// `progress`: how progress is read (cli.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -13,7 +13,7 @@
 //!   an escape; [`process::spawn_job`] starts the process and returns a [`process::RunningJob`] whose events
 //!   ([`process::JobEvent`]) carry throttled progress and the final [`process::ExitInfo`]; [`output::JobOutput`] is
 //!   the per-job output buffer `job_logs` batches are taken from; [`progress`] holds the pure parsers;
-//! - [`check`] is `dffmpeg-worker --check`; [`telemetry`] installs the log subscriber.
+//! - [`check`] is `dffmpeg-worker --check`; `conf::init_logging` installs the log subscriber.
 //!
 //! Not here (yet): the argument policy checker (limits-and-bad-input.md §4; its switches are refused at start) and
 //! mount recovery.
@@ -27,7 +27,6 @@ pub mod paths;
 pub mod process;
 pub mod progress;
 pub mod session;
-pub mod telemetry;
 
 pub use agent::{BuildError, RunError, Worker, WorkerSignal};
 

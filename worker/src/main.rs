@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use dffmpeg_worker::config::Config;
-use dffmpeg_worker::{RunError, Worker, WorkerSignal, check, telemetry};
+use dffmpeg_worker::{RunError, Worker, WorkerSignal, check};
 use tokio::sync::mpsc;
 
 /// Runs the jobs a dffmpeg coordinator assigns to this machine.
@@ -56,7 +56,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let loaded = Config::load(cli.config.as_deref()).context("loading configuration")?;
     let rust_log = std::env::var("RUST_LOG").ok();
-    let rust_log_warning = telemetry::init(
+    let rust_log_warning = conf::init_logging(
         &loaded.config.log_level,
         loaded.config.log_format,
         rust_log.as_deref(),
