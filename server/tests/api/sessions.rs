@@ -1076,3 +1076,36 @@ async fn the_last_allowed_refusal_fails_the_job() {
     second.heartbeat(vec![]).await;
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_session_cap_refuses_with_503_and_a_silent_session_is_reaped() {
+    let app = TestApp::spawn_with(|config| config.worker_session.max_sessions = 1).await;
+    let mut worker = app.connect_worker("worker01", &["Media"], 1).await;
+    let refused = app.upgrade("worker02", |_| {}).await;
+    match refused {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body: protocol::ErrorBody =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body.code, ErrorCode::TooManySessions);
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // R1: no frame for heartbeat_interval × missed_heartbeats (15 s): the session is closed 4003.
+    let now = time::OffsetDateTime::now_utc();
+    let clean_workers = protocol::rest::JanitorAction::CleanWorkers;
+    let summary = app
+        .janitor_action(clean_workers, now + time::Duration::seconds(14))
+        .await;
+    assert_eq!(summary["sessions_reaped"], 0);
+    let summary = app
+        .janitor_action(clean_workers, now + time::Duration::seconds(16))
+        .await;
+    assert_eq!(summary["sessions_reaped"], 1);
+    assert_eq!(worker.expect_end().await.1, Ended::Closed(4003));
+    assert_eq!(
+        app.client.worker("worker01").await.unwrap().status,
+        WorkerStatus::Offline
+    );
+    app.shutdown().await.unwrap();
+}
