@@ -786,14 +786,21 @@ impl Store {
         }
     }
 
-    pub fn identities(&self) -> Result<Vec<(String, Identity)>, Error> {
+    /// Every record of a tree keyed by a name (identities, workers), newest shape.
+    fn named<S: DeserializeOwned + Into<T>, T>(
+        &self,
+        tree: TreeName,
+    ) -> Result<Vec<(String, T)>, Error> {
         let mut out = Vec::new();
-        for (key, value) in self.range(TreeName::Identities, &[])? {
-            let identity: Identity =
-                decode::<StoredIdentity>(TreeName::Identities, &key, &value)?.into();
-            out.push((String::from_utf8_lossy(&key).into_owned(), identity));
+        for (key, value) in self.range(tree, &[])? {
+            let record: T = decode::<S>(tree, &key, &value)?.into();
+            out.push((String::from_utf8_lossy(&key).into_owned(), record));
         }
         Ok(out)
+    }
+
+    pub fn identities(&self) -> Result<Vec<(String, Identity)>, Error> {
+        self.named::<StoredIdentity, Identity>(TreeName::Identities)
     }
 
     pub fn identity(&self, client_id: &str) -> Result<Option<Identity>, Error> {
@@ -811,13 +818,7 @@ impl Store {
     }
 
     pub fn workers(&self) -> Result<Vec<(String, WorkerRecord)>, Error> {
-        let mut out = Vec::new();
-        for (key, value) in self.range(TreeName::Workers, &[])? {
-            let worker: WorkerRecord =
-                decode::<StoredWorker>(TreeName::Workers, &key, &value)?.into();
-            out.push((String::from_utf8_lossy(&key).into_owned(), worker));
-        }
-        Ok(out)
+        self.named::<StoredWorker, WorkerRecord>(TreeName::Workers)
     }
 
     /// Replay entries whose expiry is at or after `now_s` (Unix seconds).
