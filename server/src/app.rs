@@ -339,16 +339,21 @@ impl Application {
     }
 }
 
-/// Runs a core task and cancels `ended` if it finishes on its own, so the coordinator stops and says why.
+/// Runs a core task and cancels `ended` when it finishes or panics, so the coordinator stops and says why.
 fn supervise(
     name: &'static str,
     task: impl Future<Output = ()> + Send + 'static,
     ended: CancellationToken,
 ) -> JoinHandle<()> {
+    // The task runs in its own spawn so that a panic is caught by its join handle, not lost with the supervisor.
+    let inner = tokio::spawn(task);
     tokio::spawn(async move {
-        task.await;
-        if !ended.is_cancelled() {
-            tracing::debug!(task = name, "task ended");
+        match inner.await {
+            Ok(()) => tracing::debug!(task = name, "task ended"),
+            Err(err) if err.is_panic() => {
+                tracing::error!(task = name, "core task panicked; the coordinator stops")
+            }
+            Err(_) => tracing::debug!(task = name, "task cancelled"),
         }
         ended.cancel();
     })
