@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Parser)]
 #[command(name = "dffmpeg-worker", version)]
 struct Cli {
-    /// Configuration file (default: the search order of the documentation).
+    /// Configuration file (default: $DFFMPEG_WORKER_CONFIG, ./dffmpeg-worker.yaml, ~/.config/dffmpeg/worker.yaml,
+    /// /etc/dffmpeg/worker.yaml; DFFMPEG_WORKER_ID, DFFMPEG_HMAC_KEY and DFFMPEG_COORDINATOR_URL override it).
     #[arg(short = 'c', long = "config", value_name = "PATH")]
     config: Option<PathBuf>,
     /// Check the binaries, the path variables and the credentials, print one line each, and exit.
