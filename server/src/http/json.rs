@@ -94,66 +94,33 @@ pub(crate) fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Re
         return Err(malformed(1, 1, "byte-order mark"));
     }
     // Syntax first, over the whole document (nesting over 128 included), so a syntax error is never reported
-    // as a shape error of an earlier field.
+    // as a shape error of an earlier field; the typed pass below then only meets shape errors.
     let mut syntax = serde_json::Deserializer::from_str(text);
     if let Err(err) = serde_json::Value::deserialize(&mut syntax).and_then(|_| syntax.end()) {
-        let reason = err.to_string();
-        let reason = reason
-            .split(" at line ")
-            .next()
-            .unwrap_or(&reason)
-            .to_owned();
-        return Err(malformed(err.line(), err.column(), &reason));
+        return Err(malformed(err.line(), err.column(), &without_position(&err)));
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
-    let value = match result {
-        Ok(value) => value,
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                let reason = inner.to_string();
-                let reason = reason
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or(&reason)
-                    .to_owned();
-                return Err(malformed(inner.line(), inner.column(), &reason));
-            }
-            let message = inner.to_string();
-            let message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
-            let message = json_words(&message);
-            // An unknown field is reported at the object that holds it, not at the field itself.
-            let path = if message.starts_with("unknown field") {
-                match path.rfind('.') {
-                    Some(idx) => path[..idx].to_owned(),
-                    None => String::new(),
-                }
-            } else {
-                path
-            };
-            return Err(if path == "." || path.is_empty() {
-                ApiError::new(ErrorCode::InvalidBody, message)
-            } else {
-                ApiError::new(ErrorCode::InvalidBody, format!("{path}: {message}"))
-            });
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let message = json_words(&without_position(err.inner()));
+        // An unknown field is reported at the object that holds it, not at the field itself.
+        let path = match (message.starts_with("unknown field"), path.rfind('.')) {
+            (true, Some(idx)) => path[..idx].to_owned(),
+            (true, None) => String::new(),
+            (false, _) => path,
+        };
+        if path == "." || path.is_empty() {
+            ApiError::new(ErrorCode::InvalidBody, message)
+        } else {
+            ApiError::new(ErrorCode::InvalidBody, format!("{path}: {message}"))
         }
-    };
-    deserializer.end().map_err(|err| {
-        let reason = err.to_string();
-        let reason = reason
-            .split(" at line ")
-            .next()
-            .unwrap_or(&reason)
-            .to_owned();
-        malformed(err.line(), err.column(), &reason)
-    })?;
-    Ok(value)
+    })
+}
+
+/// serde_json's message without its ` at line L column C` suffix.
+fn without_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    text.split(" at line ").next().unwrap_or(&text).to_owned()
 }
 
 #[cfg(test)]
