@@ -599,17 +599,7 @@ impl Client {
         path_and_query: &str,
         what: &'static str,
     ) -> Result<T, Error> {
-        let response = self
-            .call(
-                Method::GET,
-                path_and_query,
-                Bytes::new(),
-                None,
-                None,
-                Some(self.request_timeout),
-            )
-            .await?;
-        read_json(response, what).await
+        self.bodyless_json(Method::GET, path_and_query, what).await
     }
 
     async fn post_empty<T: DeserializeOwned>(
@@ -617,15 +607,19 @@ impl Client {
         path_and_query: &str,
         what: &'static str,
     ) -> Result<T, Error> {
+        self.bodyless_json(Method::POST, path_and_query, what).await
+    }
+
+    /// A request without a body whose answer is JSON.
+    async fn bodyless_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        what: &'static str,
+    ) -> Result<T, Error> {
+        let timeout = Some(self.request_timeout);
         let response = self
-            .call(
-                Method::POST,
-                path_and_query,
-                Bytes::new(),
-                None,
-                None,
-                Some(self.request_timeout),
-            )
+            .call(method, path_and_query, Bytes::new(), None, None, timeout)
             .await?;
         read_json(response, what).await
     }
