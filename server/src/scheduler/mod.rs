@@ -404,7 +404,7 @@ pub fn new(
                 .as_ref()
                 .and_then(|id| scheduler.workers.get_mut(id))
         {
-            worker.used += 1;
+            worker.jobs.insert(record.id);
             // The lease restarts now: the coordinator itself was down (lifecycle.md §6.1).
             worker.last_seen = now;
         }
@@ -637,7 +637,7 @@ impl Scheduler {
                 .as_ref()
                 .and_then(|id| self.workers.get_mut(id))
             {
-                worker.used = worker.used.saturating_sub(1);
+                worker.jobs.remove(&id);
             }
         } else if !was
             && is
@@ -647,7 +647,7 @@ impl Scheduler {
                 .as_ref()
                 .and_then(|id| self.workers.get_mut(id))
         {
-            worker.used += 1;
+            worker.jobs.insert(id);
         }
         if job.record.status.is_terminal() {
             self.progress_sent.remove(&id);

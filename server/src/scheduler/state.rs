@@ -156,8 +156,8 @@ pub struct WorkerState {
     /// Healthy path variables, sorted.
     pub paths: Vec<String>,
     pub slots: u32,
-    /// Slots in use: jobs `assigned`, `running` or `canceling` on it.
-    pub used: u32,
+    /// Jobs `assigned`, `running` or `canceling` on it: one slot each.
+    pub jobs: BTreeSet<JobId>,
     pub last_assigned_at: Option<OffsetDateTime>,
     /// Last frame of the open session.
     pub last_frame: Option<OffsetDateTime>,
@@ -179,7 +179,7 @@ impl WorkerState {
             binaries: record.binaries.clone(),
             paths: record.paths.clone(),
             slots: record.slots,
-            used: 0,
+            jobs: BTreeSet::new(),
             last_assigned_at: None,
             last_frame: None,
             last_seen: from_micros(record.last_seen),
@@ -203,11 +203,16 @@ impl WorkerState {
             status: self.status,
             last_seen: self.last_seen,
             max_concurrent_jobs: self.slots,
-            running_jobs: self.used,
+            running_jobs: self.used(),
             connected_since: self.connected_since,
             host: self.record.host.clone(),
             protocol_version: self.record.protocol_version.clone(),
         }
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> u32 {
+        u32::try_from(self.jobs.len()).unwrap_or(u32::MAX)
     }
 
     pub fn session_open(&self) -> bool {
@@ -220,7 +225,7 @@ impl WorkerState {
             online: self.status == WorkerStatus::Online,
             binaries: &self.binaries,
             paths: &self.paths,
-            used: self.used,
+            used: self.used(),
             max: self.slots,
             last_assigned_at: self.last_assigned_at,
         }
@@ -234,7 +239,7 @@ impl WorkerState {
             } else {
                 None
             },
-            offline_with_jobs_since: if !self.session_open() && self.used > 0 {
+            offline_with_jobs_since: if !self.session_open() && !self.jobs.is_empty() {
                 Some(self.last_seen)
             } else {
                 None

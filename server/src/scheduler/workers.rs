@@ -293,14 +293,10 @@ impl Scheduler {
             .map(|job| (job.job_id, (job.attempt, job.state)))
             .collect();
         let mine: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|job| {
-                job.record.status.occupies_slot()
-                    && job.record.worker_id.as_deref() == Some(id.as_str())
-            })
-            .map(|job| job.record.id)
-            .collect();
+            .workers
+            .get(&id)
+            .map(|state| state.jobs.iter().copied().collect())
+            .unwrap_or_default();
         let mut resumed = Vec::new();
         let mut after_welcome = Vec::new();
         let mut handled: HashSet<JobId> = HashSet::new();
@@ -961,13 +957,10 @@ impl Scheduler {
             return false;
         }
         let ids: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|job| {
-                job.record.status.occupies_slot() && job.record.worker_id.as_deref() == Some(worker)
-            })
-            .map(|job| job.record.id)
-            .collect();
+            .workers
+            .get(worker)
+            .map(|state| state.jobs.iter().copied().collect())
+            .unwrap_or_default();
         for id in &ids {
             self.lose_attempt(tx, *id, "its lease expired", now);
         }
@@ -1030,7 +1023,7 @@ impl Scheduler {
             .values()
             .filter_map(|state| match (&state.link, state.last_frame) {
                 (Some(_), Some(last)) => Some(last + timeout),
-                (None, _) if state.used > 0 => Some(state.last_seen + lease),
+                (None, _) if !state.jobs.is_empty() => Some(state.last_seen + lease),
                 _ => None,
             })
             .min();
