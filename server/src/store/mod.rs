@@ -222,6 +222,12 @@ fn replay_key(entry: &ReplayRecord) -> Vec<u8> {
     key
 }
 
+/// The 16 ULID bytes at `offset` of an index or event key.
+fn ulid_at(key: &[u8], offset: usize) -> Option<[u8; 16]> {
+    key.get(offset..offset.checked_add(16)?)
+        .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
+}
+
 fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
@@ -456,10 +462,7 @@ impl Store {
         {
             let prefix = vec![status_byte(status)];
             for (key, _) in self.range(TreeName::JobsByStatus, &prefix)? {
-                let Some(id) = key
-                    .get(1..17)
-                    .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-                else {
+                let Some(id) = ulid_at(&key, 1) else {
                     batch.delete(TreeName::JobsByStatus, key);
                     repaired += 1;
                     continue;
@@ -636,21 +639,26 @@ impl Store {
         }
     }
 
-    /// Every job with one of the given statuses, in id order.
-    pub fn jobs_with_status(&self, status: JobStatus) -> Result<Vec<JobRecord>, Error> {
+    /// The records named by index entries whose job id sits at `offset` of the key (entries whose record is gone
+    /// are skipped).
+    fn jobs_of_index(&self, entries: Entries, offset: usize) -> Result<Vec<JobRecord>, Error> {
         let mut out = Vec::new();
-        for (key, _) in self.range(TreeName::JobsByStatus, &[status_byte(status)])? {
-            let Some(id) = key
-                .get(1..17)
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-            else {
-                continue;
-            };
-            if let Some(record) = self.job(JobId::from_bytes(id))? {
+        for (key, _) in entries {
+            if let Some(id) = ulid_at(&key, offset)
+                && let Some(record) = self.job(JobId::from_bytes(id))?
+            {
                 out.push(record);
             }
         }
         Ok(out)
+    }
+
+    /// Every job with one of the given statuses, in id order.
+    pub fn jobs_with_status(&self, status: JobStatus) -> Result<Vec<JobRecord>, Error> {
+        self.jobs_of_index(
+            self.range(TreeName::JobsByStatus, &[status_byte(status)])?,
+            1,
+        )
     }
 
     /// A requester's jobs, newest first, with ids below `before`, at most `limit`; `keep` filters without counting
@@ -680,10 +688,7 @@ impl Store {
             )?;
             let full = page.len() == PAGE;
             for (key, _) in &page {
-                let Some(id) = key
-                    .get(prefix.len()..)
-                    .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-                else {
+                let Some(id) = ulid_at(key, prefix.len()) else {
                     continue;
                 };
                 if let Some(record) = self.job(JobId::from_bytes(id))?
@@ -724,10 +729,7 @@ impl Store {
                 .engine
                 .range(TreeName::Events, lower, upper, false, limit)?
         {
-            let Some(id) = key
-                .get(16..32)
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-            else {
+            let Some(id) = ulid_at(&key, 16) else {
                 continue;
             };
             let event: Event = decode::<StoredEvent>(TreeName::Events, &key, &value)?.into();
@@ -756,10 +758,7 @@ impl Store {
             true,
             usize::MAX,
         )? {
-            let Some(id) = key
-                .get(16..32)
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-            else {
+            let Some(id) = ulid_at(&key, 16) else {
                 continue;
             };
             let event: Event = decode::<StoredEvent>(TreeName::Events, &key, &value)?.into();
@@ -874,25 +873,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<JobRecord>, Error> {
         let to = finish_key(before_us, JobId::from_bytes([0; 16]));
-        let mut out = Vec::new();
-        for (key, _) in self.shared.engine.range(
+        let entries = self.shared.engine.range(
             TreeName::JobsByFinish,
             Bound::Unbounded,
             Bound::Excluded(to),
             false,
             limit,
-        )? {
-            let Some(id) = key
-                .get(8..24)
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-            else {
-                continue;
-            };
-            if let Some(record) = self.job(JobId::from_bytes(id))? {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        )?;
+        self.jobs_of_index(entries, 8)
     }
 }
 
