@@ -204,21 +204,8 @@ impl Client {
 
     /// `POST /jobs/submit` (api.md §5.1).
     pub async fn submit(&self, request: &JobRequest) -> Result<Submitted, Error> {
-        let body = serde_json::to_vec(request).map_err(|source| {
-            Error::Decode(DecodeError::Json {
-                what: "job request",
-                source,
-            })
-        })?;
         let response = self
-            .call(
-                Method::POST,
-                "/jobs/submit",
-                Bytes::from(body),
-                Some("application/json"),
-                None,
-                Some(self.request_timeout),
-            )
+            .post_json("/jobs/submit", request, "job request")
             .await?;
         let replayed = response
             .headers()
@@ -357,20 +344,11 @@ impl Client {
 
     /// `POST /admin/janitor` (api.md §5.8); answered `202`.
     pub async fn janitor(&self, action: JanitorAction) -> Result<JanitorResponse, Error> {
-        let body = serde_json::to_vec(&JanitorRequest { action }).map_err(|source| {
-            Error::Decode(DecodeError::Json {
-                what: "janitor request",
-                source,
-            })
-        })?;
         let response = self
-            .call(
-                Method::POST,
+            .post_json(
                 "/admin/janitor",
-                Bytes::from(body),
-                Some("application/json"),
-                None,
-                Some(self.request_timeout),
+                &JanitorRequest { action },
+                "janitor request",
             )
             .await?;
         read_json(response, "janitor answer").await
@@ -608,6 +586,27 @@ impl Client {
         what: &'static str,
     ) -> Result<T, Error> {
         self.bodyless_json(Method::POST, path_and_query, what).await
+    }
+
+    /// A signed `POST` of a JSON body.
+    async fn post_json<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        what: &'static str,
+    ) -> Result<reqwest::Response, Error> {
+        let body = serde_json::to_vec(body)
+            .map_err(|source| Error::Decode(DecodeError::Json { what, source }))?;
+        let timeout = Some(self.request_timeout);
+        self.call(
+            Method::POST,
+            path,
+            Bytes::from(body),
+            Some("application/json"),
+            None,
+            timeout,
+        )
+        .await
     }
 
     /// A request without a body whose answer is JSON.
