@@ -197,6 +197,15 @@ pub fn truncation_entry(id: EventId, time: i64, message: &str) -> LogEntry {
     }
 }
 
+/// Whether a stored event shows as a log entry: output, or the truncation notice.
+pub fn is_log_event(event: &Event) -> bool {
+    match event {
+        Event::Output { .. } => true,
+        Event::Notice { code, .. } => code == NOTICE_OUTPUT_TRUNCATED,
+        Event::Status { .. } => false,
+    }
+}
+
 /// A stored event as a log entry, if it is one.
 pub fn log_entry(id: EventId, event: &Event) -> Option<LogEntry> {
     match event {
@@ -397,5 +406,46 @@ mod tests {
         assert_eq!(log_content(b"line\r\n"), "line");
         assert_eq!(log_content(b"line\n\n"), "line\n");
         assert_eq!(log_content(b"\xff\n"), "\u{fffd}");
+    }
+
+    #[test]
+    fn the_log_event_test_agrees_with_log_entry() {
+        let id = EventId(protocol::Ulid::from_u128(1));
+        let events = [
+            Event::Output {
+                attempt: 1,
+                seq: 0,
+                stream: rest::OutputStream::Stderr,
+                time: 0,
+                bytes: b"x\n".to_vec().into(),
+            },
+            Event::Notice {
+                time: 0,
+                attempt: 1,
+                code: NOTICE_OUTPUT_TRUNCATED.into(),
+                message: "output truncated at 10 bytes".into(),
+            },
+            Event::Notice {
+                time: 0,
+                attempt: 1,
+                code: "attempt_lost".into(),
+                message: String::new(),
+            },
+            Event::Status {
+                time: 0,
+                attempt: 1,
+                status: JobStatus::Running,
+                exit_code: None,
+                worker_id: None,
+                reason: None,
+                reason_detail: None,
+                sender: None,
+            },
+        ];
+        let kinds: Vec<bool> = events.iter().map(is_log_event).collect();
+        assert_eq!(kinds, vec![true, true, false, false]);
+        for event in &events {
+            assert_eq!(is_log_event(event), log_entry(id, event).is_some());
+        }
     }
 }

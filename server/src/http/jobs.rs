@@ -252,9 +252,7 @@ pub(crate) async fn logs(
             let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(max);
             state
                 .store
-                .last_events(id, since, limit, |event| {
-                    views::log_entry(EventId(protocol::Ulid::NIL), event).is_some()
-                })?
+                .last_events(id, since, limit, views::is_log_event)?
                 .into_iter()
                 .filter(|(event_id, _)| floor.is_none_or(|floor| *event_id < floor))
                 .filter_map(|(event_id, event)| views::log_entry(event_id, &event))
