@@ -447,10 +447,18 @@ pub fn next_delay(interval: Duration, jitter: Duration, unit: f64) -> Duration {
 }
 
 impl Janitor {
-    /// First pass at once, then every jittered interval; on-demand actions queue behind the pass in progress.
+    /// First pass at once, then every jittered interval; on-demand actions queue behind the pass in progress
+    /// (the startup pass included: an action's summary is never reported before the startup pass has ended).
     /// Stops (no further pass) when `cancel` fires: shutdown step 1.
     pub async fn run(mut self, state: AppState, cancel: CancellationToken) {
-        let mut delay = Duration::ZERO;
+        if cancel.is_cancelled() {
+            return;
+        }
+        if let Err(err) = sweep_once(&state, JanitorAction::RunAll, OffsetDateTime::now_utc()).await
+        {
+            tracing::warn!(error = %err, "startup janitor pass failed");
+        }
+        let mut delay = next_delay(self.interval, self.jitter, rand::rng().random::<f64>());
         loop {
             let request = tokio::select! {
                 biased;

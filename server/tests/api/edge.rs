@@ -17,6 +17,7 @@ use dffmpeg_coordinator::store::{
     Engine, EngineError, Entries, RawWrite, SledEngine, Store, TreeName,
 };
 use protocol::ErrorCode;
+use protocol::rest::JanitorAction;
 
 use super::{TestApp, transcode};
 
@@ -152,13 +153,18 @@ async fn a_failed_flush_answers_503_stops_the_coordinator_and_loses_nothing_ackn
         }
     };
     let base = format!("http://{}", app.local_addr());
+    let app_state = app.state();
     let (_signals, rx) = tokio::sync::mpsc::channel(1);
     let server = tokio::spawn(app.run(rx));
     let api = client::Client::new(&base, "client01", identities[0].key.clone()).unwrap();
     let acknowledged = api.submit(&transcode()).await.unwrap().job.job_id;
+    // The janitor's startup pass flushes too; an on-demand pass answers only after it, so after this nothing but
+    // the next submit flushes (the janitor's next pass is an hour away).
+    app_state.janitor.run(JanitorAction::RunAll).await.unwrap();
+    drop(app_state); // it holds the store open
     fail.store(true, Ordering::SeqCst);
     let err = api.submit(&transcode()).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::StoreUnavailable));
+    assert_eq!(err.code(), Some(ErrorCode::StoreUnavailable), "{err:?}");
     assert_eq!(err.status(), Some(503));
     let result = tokio::time::timeout(Duration::from_secs(15), server)
         .await
