@@ -40,7 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1 (the coordinator keeps one port across restarts, so workers find it again).
+/// A port on 127.0.0.1 that was free a moment ago (the coordinator keeps one port across restarts, so workers find
+/// it again). Another process may take it in between: `Farm::start` then picks another.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -122,12 +123,15 @@ impl Farm {
         let media = dir.path().join("media");
         std::fs::create_dir_all(&media).unwrap();
         make_clip(&media.join("in.mp4"), 2).await;
-        let port = free_port();
         let config = dir.path().join("coordinator.yaml");
-        let yaml = format!(
-            "host: 127.0.0.1\nport: {port}\nlog_format: json\nlog_level: info\nshutdown_timeout_seconds: 5\ndatabase:\n  path: ./data\n{extra}"
-        );
-        std::fs::write(&config, yaml).unwrap();
+        let write_config = |port: u16| {
+            let yaml = format!(
+                "host: 127.0.0.1\nport: {port}\nlog_format: json\nlog_level: info\nshutdown_timeout_seconds: 5\ndatabase:\n  path: ./data\n{extra}"
+            );
+            std::fs::write(&config, yaml).unwrap();
+        };
+        let mut port = free_port();
+        write_config(port);
         let mut keys = HashMap::new();
         let mut admin = client::admin::AdminConnection::spawn_stdio(
             &bin("dffmpeg-coordinator"),
@@ -156,36 +160,68 @@ impl Farm {
             );
         }
         admin.close().await.unwrap();
+        let mut attempts = 0;
+        let coordinator = loop {
+            match Farm::spawn_coordinator(dir.path(), &config, port).await {
+                Ok(coordinator) => break coordinator,
+                // The port was taken between `free_port` and the bind: pick another.
+                Err(log) if attempts < 5 && log.contains("Address already in use") => {
+                    attempts += 1;
+                    port = free_port();
+                    write_config(port);
+                }
+                Err(log) => panic!("the coordinator did not start:\n{log}"),
+            }
+        };
         let api = client::Client::new(
             &format!("http://127.0.0.1:{port}"),
             "client01",
             keys["client01"].clone(),
         )
         .unwrap();
-        let mut farm = Farm {
+        Farm {
             dir,
             media,
             port,
             config,
-            coordinator: None,
+            coordinator: Some(coordinator),
             api,
             keys,
-        };
-        farm.start_coordinator().await;
-        farm
+        }
     }
 
-    /// Starts (or restarts) the coordinator and waits for `/health`.
+    /// Restarts the coordinator on its port and waits until it is ready.
     pub async fn start_coordinator(&mut self) {
+        let coordinator = Farm::spawn_coordinator(self.dir.path(), &self.config, self.port)
+            .await
+            .unwrap_or_else(|log| panic!("the coordinator did not restart:\n{log}"));
+        self.coordinator = Some(coordinator);
+    }
+
+    /// Starts a coordinator process and waits for its own `ready` line naming `port` (so a process of another
+    /// test on that port is never mistaken for it) and then `/health`; `Err` carries the log if it exited first.
+    async fn spawn_coordinator(
+        dir: &Path,
+        config: &Path,
+        port: u16,
+    ) -> Result<Coordinator, String> {
+        let log_path = dir.join("coordinator.log");
+        let ready_lines = |text: &str| {
+            let addr = format!("127.0.0.1:{port}");
+            text.lines()
+                .filter(|line| line.contains("\"ready\"") && line.contains(&addr))
+                .count()
+        };
+        let before = ready_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("coordinator.log"))
+            .open(&log_path)
             .unwrap();
-        let child = Command::new(bin("dffmpeg-coordinator"))
+        let mut child = Command::new(bin("dffmpeg-coordinator"))
             .arg("--config")
-            .arg(&self.config)
-            .current_dir(self.dir.path())
+            .arg(config)
+            .current_dir(dir)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -193,12 +229,27 @@ impl Farm {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.coordinator = Some(Coordinator { child });
-        let url = format!("http://127.0.0.1:{}/health", self.port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if ready_lines(&text) > before {
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return Err(text);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the coordinator was not ready within 20 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let url = format!("http://127.0.0.1:{port}/health");
         eventually(20, "the coordinator answers /health", || async {
             reqwest_free_get(&url).await == Some(200)
         })
         .await;
+        Ok(Coordinator { child })
     }
 
     /// Stops the coordinator: `kill -9`, or SIGTERM and a wait for exit 0.

@@ -95,6 +95,7 @@ async fn a_transcode_completes_and_its_output_probes() {
 async fn a_realtime_job_reports_increasing_progress_with_a_known_duration() {
     let directory = tempfile::tempdir().unwrap();
     let clip = make_clip(directory.path()).await;
+    let started = tokio::time::Instant::now();
     let mut job = start(
         ffmpeg_command(&[
             "-nostdin",
@@ -148,14 +149,15 @@ async fn a_realtime_job_reports_increasing_progress_with_a_known_duration() {
             "a percent can be computed: {percent}"
         );
     }
-    // At most one report per 500 ms; the final flush may come sooner (it is the unsent change).
-    let arrivals: Vec<_> = progress.iter().map(|(arrived, _)| *arrived).collect();
-    for pair in arrivals[..arrivals.len() - 1].windows(2) {
-        assert!(
-            pair[1] - pair[0] >= Duration::from_millis(450),
-            "reports closer than 500 ms: {arrivals:?}"
-        );
-    }
+    // At most one report per 500 ms, plus the final flush (the unsent change). Counted over the whole run rather
+    // than judged per pair of arrivals: a loaded machine delays one delivery and shortens the next gap.
+    let ran = started.elapsed();
+    let allowed = (ran.as_millis() / 500) as usize + 2;
+    assert!(
+        progress.len() <= allowed,
+        "{} reports in {ran:?}: more than one per 500 ms",
+        progress.len()
+    );
     let last = &progress.last().unwrap().1;
     assert_eq!(
         last.frame,
