@@ -1109,3 +1109,48 @@ async fn the_session_cap_refuses_with_503_and_a_silent_session_is_reaped() {
     );
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_that_stops_reading_is_closed_on_queue_overflow_and_keeps_its_jobs() {
+    let app = TestApp::spawn_with(|config| {
+        config.worker_session.send_queue_frames = 16;
+        config.limits.max_argument_bytes = 1 << 20;
+        config.limits.max_job_bytes = 2 << 20;
+        config.limits.max_body_bytes = 2 << 20;
+    })
+    .await;
+    let mut healthy = app.connect_worker("worker02", &["Other"], 1).await;
+    // Reads nothing from here on: its socket buffers fill, then the 16 frames of its send queue.
+    let stalled = app.connect_worker("worker01", &["Media"], 1000).await;
+    let mut request = transcode();
+    request.arguments.push("x".repeat(900 * 1024)); // each assign_job frame is about 900 KiB
+    let mut submitted = Vec::new();
+    for _ in 0..200 {
+        submitted.push(app.client.submit(&request).await.unwrap().job.job_id);
+        if app.client.worker("worker01").await.unwrap().status == WorkerStatus::Offline {
+            break;
+        }
+    }
+    assert!(
+        submitted.len() < 200,
+        "200 frames of 900 KiB never overflowed a 16-frame queue"
+    );
+    // Its jobs keep their lease (worker-protocol.md §7): still assigned to it, nothing requeued yet.
+    for job in &submitted {
+        let record = status_of(&app, *job).await;
+        assert_eq!(
+            (record.status, record.worker_id.as_deref(), record.attempt),
+            (JobStatus::Assigned, Some("worker01"), 1),
+            "{job}"
+        );
+    }
+    // The socket was dropped mid-frame or closed with 4006: either way the session is over for the worker.
+    drop(stalled);
+    // Other sessions are untouched (`heartbeat` waits for its ack).
+    healthy.heartbeat(vec![]).await;
+    assert_eq!(
+        app.client.worker("worker02").await.unwrap().status,
+        WorkerStatus::Online
+    );
+    app.shutdown().await.unwrap();
+}
