@@ -8,7 +8,7 @@ use super::{FAST, Farm, make_clip, slow_job, transcode};
 #[tokio::test]
 async fn sigterm_drains_the_worker() {
     let farm = Farm::start(FAST).await;
-    make_clip(&farm.media.join("long.mp4"), 3).await;
+    make_clip(&farm.media.join("long.mp4"), 5).await;
     let mut worker = farm.worker("worker01", &[("Media", &farm.media)], 1).await;
     let running = farm.submit(&slow_job("long.mp4", "drain.mp4")).await;
     farm.wait_job(running, 30, "running", |job| {

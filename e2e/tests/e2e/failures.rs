@@ -9,7 +9,7 @@ use super::{FAST, Farm, eventually, make_clip, processes_with, slow_job};
 #[tokio::test]
 async fn a_killed_worker_s_job_completes_elsewhere_as_attempt_2() {
     let farm = Farm::start(FAST).await;
-    make_clip(&farm.media.join("long.mp4"), 4).await;
+    make_clip(&farm.media.join("long.mp4"), 6).await;
     let mut first = farm.worker("worker01", &[("Media", &farm.media)], 1).await;
     let output = format!("killed-{}.mp4", std::process::id());
     let id = farm.submit(&slow_job("long.mp4", &output)).await;
