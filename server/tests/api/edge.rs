@@ -13,9 +13,7 @@ use tokio::net::TcpStream;
 
 use dffmpeg_coordinator::app::{self, Application};
 use dffmpeg_coordinator::config::Config;
-use dffmpeg_coordinator::store::{
-    Engine, EngineError, Entries, RawWrite, SledEngine, Store, TreeName,
-};
+use dffmpeg_coordinator::store::{Engine, EngineError, Entries, RawWrite, SledEngine, TreeName};
 use protocol::ErrorCode;
 use protocol::rest::JanitorAction;
 
@@ -171,17 +169,7 @@ async fn a_failed_flush_answers_503_stops_the_coordinator_and_loses_nothing_ackn
         .expect("the coordinator stops")
         .unwrap();
     assert!(matches!(result, Err(app::Error::StoreFailed)), "{result:?}");
-    let mut tries = 0;
-    let opened = loop {
-        match Store::open(dir.path(), 8 << 20) {
-            Ok(opened) => break opened,
-            Err(dffmpeg_coordinator::store::Error::Locked { .. }) if tries < 100 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("{err}"),
-        }
-    };
+    let opened = super::open_stopped_store(dir.path()).await;
     assert!(opened.unclean, "no clean-stop marker after a failed flush");
     assert!(
         opened.store.job(acknowledged).unwrap().is_some(),

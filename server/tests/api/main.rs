@@ -58,12 +58,28 @@ pub const STANDARD_IDENTITIES: [(&str, Role, &[&str]); 6] = [
     ("worker02", Role::Worker, &[]),
 ];
 
+/// Opens a stopped coordinator's store. sled releases its lock from a background thread after the last handle
+/// drops, so a store that was just closed may still be locked for a moment: retry briefly.
+pub async fn open_stopped_store(dir: &std::path::Path) -> dffmpeg_coordinator::store::Opened {
+    let mut tries = 0;
+    loop {
+        match Store::open(dir, 8 << 20) {
+            Ok(opened) => return opened,
+            Err(dffmpeg_coordinator::store::Error::Locked { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("opening the stopped store: {err}"),
+        }
+    }
+}
+
 /// Creates identities in a stopped store, as `dffmpeg-admin` does offline.
 pub async fn add_identities(
     dir: &std::path::Path,
     wanted: &[(&str, Role, &[&str])],
 ) -> Vec<Identity> {
-    let opened = Store::open(dir, 8 << 20).unwrap();
+    let opened = open_stopped_store(dir).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let flusher = tokio::spawn(opened.flusher.run(stop.clone()));
     let service = AdminService::stdio(opened.store.clone());

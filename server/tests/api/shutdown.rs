@@ -70,7 +70,7 @@ async fn a_stop_writes_the_clean_marker_and_the_restart_finds_every_job() {
     }
     let (result, dir) = app.stop().await;
     result.unwrap();
-    let opened = dffmpeg_coordinator::store::Store::open(dir.path(), 8 << 20).unwrap();
+    let opened = super::open_stopped_store(dir.path()).await;
     assert!(!opened.unclean, "the stop was clean");
     for id in ids {
         assert!(opened.store.job(id).unwrap().is_some());
