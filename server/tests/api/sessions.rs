@@ -1154,3 +1154,95 @@ async fn a_worker_that_stops_reading_is_closed_on_queue_overflow_and_keeps_its_j
     );
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn output_past_the_cap_is_not_stored_and_one_notice_says_so() {
+    let app =
+        TestApp::spawn_with(|config| config.limits.max_output_bytes_per_job = 64 * 1024).await;
+    let mut worker = app.connect_worker("worker01", &["Media"], 1).await;
+    app.client.submit(&transcode()).await.unwrap();
+    let assign = worker.expect_assignment().await;
+    worker.accept(&assign).await;
+    let line = |byte: u8, len: usize| {
+        let mut data = vec![byte; len - 1];
+        data.push(b'\n');
+        data
+    };
+    // 40 KiB + 20 KiB fit under 64 KiB; the 10 KiB chunk would cross the cap (chunks are never cut), and nothing
+    // after it is stored, not even one byte.
+    worker
+        .logs(&assign, 0, OutputStream::Stderr, &line(b'a', 40 * 1024))
+        .await;
+    worker
+        .logs(&assign, 1, OutputStream::Stdout, &line(b'b', 20 * 1024))
+        .await;
+    worker
+        .logs(&assign, 2, OutputStream::Stderr, &line(b'c', 10 * 1024))
+        .await;
+    worker.logs(&assign, 3, OutputStream::Stderr, b"\n").await;
+    let ack = worker
+        .finish(assign.job_id, 1, FinishedStatus::Completed, Some(0), 4)
+        .await;
+    assert_eq!(ack, AckResult::Accepted);
+    let done = status_of(&app, assign.job_id).await;
+    assert_eq!(
+        (done.status, done.exit_code),
+        (JobStatus::Completed, Some(0)),
+        "the job's result is unaffected"
+    );
+
+    let query = client::EventsQuery {
+        follow: Some(false),
+        types: Some(vec![
+            protocol::rest::EventType::Output,
+            protocol::rest::EventType::Notice,
+        ]),
+        ..Default::default()
+    };
+    let mut kinds = Vec::new();
+    let mut stream = app.client.events(assign.job_id, &query).await.unwrap();
+    while let Some(item) = stream.next().await {
+        match item.unwrap() {
+            client::StreamItem::Line(protocol::rest::EventLine::Output(output)) => {
+                assert!(output.id.is_some(), "stored output has an id");
+                let text = output.text.unwrap_or_default();
+                kinds.push(format!("output {}", text.len()));
+            }
+            client::StreamItem::Line(protocol::rest::EventLine::Notice(notice)) => {
+                kinds.push(format!("{}: {}", notice.code, notice.message));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            "output 40960".to_owned(),
+            "output 20480".to_owned(),
+            "output_truncated: output truncated at 65536 bytes (limits.max_output_bytes_per_job); later output was not stored".to_owned(),
+        ],
+        "two chunks, then one notice, and no output_gap: the later chunks arrived"
+    );
+
+    let logs = app.client.logs(assign.job_id, None, None).await.unwrap();
+    let contents: Vec<String> = logs
+        .logs
+        .iter()
+        .map(|entry| {
+            if entry.content.starts_with("[dffmpeg]") {
+                entry.content.clone()
+            } else {
+                format!("{} bytes", entry.content.len())
+            }
+        })
+        .collect();
+    assert_eq!(
+        contents,
+        vec![
+            "40959 bytes",
+            "20479 bytes",
+            "[dffmpeg] output truncated at 65536 bytes"
+        ]
+    );
+    app.shutdown().await.unwrap();
+}
