@@ -351,11 +351,42 @@ impl Farm {
         }
     }
 
+    /// Waits for a terminal status, then until the event stream has delivered it: a status read may show a change
+    /// one flush early (storage.md §2), and the job's last output and notices are readable only after that flush.
     pub async fn wait_terminal(&self, id: JobId, secs: u64) -> JobRecord {
-        self.wait_job(id, secs, "a terminal status", |job| {
-            job.status.is_terminal()
+        let record = self
+            .wait_job(id, secs, "a terminal status", |job| {
+                job.status.is_terminal()
+            })
+            .await;
+        let query = client::EventsQuery {
+            types: Some(vec![protocol::rest::EventType::Status]),
+            ..Default::default()
+        };
+        let lines = tokio::time::timeout(Duration::from_secs(30), async {
+            use futures_util::StreamExt;
+            self.api
+                .events(id, &query)
+                .await
+                .unwrap()
+                .collect::<Vec<_>>()
+                .await
         })
         .await
+        .expect("the event stream of a finished job ends within 30 s");
+        let last = lines
+            .into_iter()
+            .rev()
+            .find_map(|line| match line.unwrap() {
+                client::StreamItem::Line(protocol::rest::EventLine::Status(status)) => Some(status),
+                _ => None,
+            });
+        assert_eq!(
+            last.map(|status| status.status),
+            Some(record.status),
+            "the stream ends with the terminal status"
+        );
+        record
     }
 }
 

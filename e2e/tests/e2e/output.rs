@@ -42,7 +42,7 @@ async fn megabytes_of_stdout_complete() {
     let lines: Vec<_> = farm.api.events(id, &query).await.unwrap().collect().await;
     let mut stored = 0usize;
     for line in lines {
-        if let Ok(client::StreamItem::Line(protocol::rest::EventLine::Output(output))) = line {
+        if let client::StreamItem::Line(protocol::rest::EventLine::Output(output)) = line.unwrap() {
             stored += match (&output.text, &output.base64) {
                 (Some(text), _) => text.len(),
                 (None, Some(encoded)) => base64_len(encoded),
@@ -60,7 +60,7 @@ async fn megabytes_of_stdout_complete() {
     let notices: Vec<_> = farm.api.events(id, &query).await.unwrap().collect().await;
     let mut dropped = 0usize;
     for line in notices {
-        if let Ok(client::StreamItem::Line(protocol::rest::EventLine::Notice(notice))) = line {
+        if let client::StreamItem::Line(protocol::rest::EventLine::Notice(notice)) = line.unwrap() {
             assert_eq!(notice.code, "output_gap", "{notice:?}");
             let count = notice
                 .message
