@@ -50,11 +50,16 @@ pub(crate) fn sample_job(id: JobId, requester: &str, status: JobStatus) -> JobRe
 }
 
 fn open(dir: &Path) -> Opened {
-    // sled releases its lock from a background thread after the last handle drops: retry briefly.
+    try_open(dir).unwrap()
+}
+
+/// Opens a store whose last handle may have just dropped: sled releases its lock from a background thread, so a
+/// `Locked` answer is retried briefly; any other outcome is returned.
+fn try_open(dir: &Path) -> Result<Opened, Error> {
     for _ in 0..100 {
         match Store::open(dir, 8 << 20) {
-            Err(Error::Locked { .. }) => std::thread::yield_now(),
-            other => return other.unwrap(),
+            Err(Error::Locked { .. }) => {}
+            other => return other,
         }
         #[allow(clippy::disallowed_methods)] // a plain test thread, not a runtime worker
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -126,7 +131,7 @@ fn a_newer_schema_is_refused() {
         opened.store.commit(batch).unwrap();
         opened.store.mark_clean_stop().unwrap();
     }
-    let err = Store::open(dir.path(), 8 << 20).unwrap_err();
+    let err = try_open(dir.path()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "database was written by a newer dffmpeg (schema 2); this build reads schema 1"
