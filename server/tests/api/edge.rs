@@ -156,9 +156,11 @@ async fn a_failed_flush_answers_503_stops_the_coordinator_and_loses_nothing_ackn
     let server = tokio::spawn(app.run(rx));
     let api = client::Client::new(&base, "client01", identities[0].key.clone()).unwrap();
     let acknowledged = api.submit(&transcode()).await.unwrap().job.job_id;
-    // The janitor's startup pass flushes too; an on-demand pass answers only after it, so after this nothing but
-    // the next submit flushes (the janitor's next pass is an hour away).
+    // The janitor's startup pass asks for a flush too. An on-demand pass answers only after it, and its own flush
+    // request is registered before the answer; the flush below covers both. From here nothing but the next submit
+    // flushes (the janitor's next pass is an hour away, and no worker is connected).
     app_state.janitor.run(JanitorAction::RunAll).await.unwrap();
+    app_state.store.flush().await.unwrap();
     drop(app_state); // it holds the store open
     fail.store(true, Ordering::SeqCst);
     let err = api.submit(&transcode()).await.unwrap_err();
