@@ -8,9 +8,7 @@ use protocol::ws::{
     Ack, AckResult, CoordinatorMessage, FinishedStatus, WorkerMessage, close, reject_code,
 };
 
-use super::{
-    Ended, FakeCoordinator, TestWorker, assign, assign_args, long_ffmpeg, new_job_id, summary,
-};
+use super::{Ended, FakeCoordinator, TestWorker, assign, long_ffmpeg, new_job_id, summary};
 use crate::wait_gone;
 
 #[tokio::test]
@@ -20,18 +18,7 @@ async fn sigterm_drains_then_closes_1000_and_returns_ok() {
     let (mut session, _) = fake.connect(300).await;
     let job_id = new_job_id();
     // About two seconds of realtime work.
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(2),
-        )))
-        .await;
-    session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
+    session.start_job(job_id, 1, long_ffmpeg(2)).await;
     worker.signal(WorkerSignal::Terminate).await;
     let (drain, _) = session
         .until("drain", |m| matches!(m, WorkerMessage::Drain(_)))
@@ -99,21 +86,7 @@ async fn a_second_signal_gives_the_jobs_back() {
     let worker = TestWorker::start(&fake, |_| {}).await;
     let (mut session, _) = fake.connect(300).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    let (accepted, _) = session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
-    let WorkerMessage::JobAccepted(accepted) = accepted else {
-        unreachable!()
-    };
+    let accepted = session.start_job(job_id, 1, long_ffmpeg(60)).await;
     worker.signal(WorkerSignal::Interrupt).await;
     session
         .until(
@@ -161,18 +134,7 @@ async fn sigterm_without_draining_stops_at_once() {
     let worker = TestWorker::start(&fake, |config| config.enable_job_draining = false).await;
     let (mut session, _) = fake.connect(300).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
+    session.start_job(job_id, 1, long_ffmpeg(60)).await;
     worker.signal(WorkerSignal::Terminate).await;
     session
         .until(
@@ -206,18 +168,7 @@ async fn a_worker_draining_while_disconnected_says_so_in_hello() {
     let worker = TestWorker::start(&fake, |_| {}).await;
     let (mut session, _) = fake.connect(300).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
+    session.start_job(job_id, 1, long_ffmpeg(60)).await;
     fake.refuse_next(1);
     session.close(1011).await;
     worker.signal(WorkerSignal::Terminate).await;
@@ -243,18 +194,7 @@ async fn the_drain_timeout_gives_the_remaining_jobs_back() {
     .await;
     let (mut session, _) = fake.connect(300).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
+    session.start_job(job_id, 1, long_ffmpeg(60)).await;
     worker.signal(WorkerSignal::Terminate).await;
     let (abandoned, skipped) = session
         .until("job_abandoned at the drain timeout", |m| {

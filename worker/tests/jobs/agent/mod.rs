@@ -19,8 +19,8 @@ use dffmpeg_worker::{RunError, Worker, WorkerSignal};
 use futures_util::{SinkExt, StreamExt};
 use protocol::signing::{self, HmacKey, NonceParts};
 use protocol::ws::{
-    AssignJob, CanceledJob, CoordinatorMessage, Hello, ResumedJob, Welcome, WorkerMessage,
-    decode_worker_message,
+    AssignJob, CanceledJob, CoordinatorMessage, Hello, JobAccepted, ResumedJob, Welcome,
+    WorkerMessage, decode_worker_message,
 };
 use protocol::{JobId, SessionId, Ulid};
 use tokio::net::{TcpListener, TcpStream};
@@ -278,6 +278,28 @@ impl FakeSession {
             }
             skipped.push(message);
         }
+    }
+
+    /// Sends `assign_job` for `arguments` and waits for its `job_accepted`, skipping the frames before it.
+    pub(crate) async fn start_job(
+        &mut self,
+        job_id: JobId,
+        attempt: u32,
+        arguments: Vec<String>,
+    ) -> JobAccepted {
+        self.send(CoordinatorMessage::AssignJob(assign_args(
+            job_id, attempt, arguments,
+        )))
+        .await;
+        let (accepted, _) = self
+            .until("job_accepted", |m| {
+                matches!(m, WorkerMessage::JobAccepted(_))
+            })
+            .await;
+        let WorkerMessage::JobAccepted(accepted) = accepted else {
+            unreachable!()
+        };
+        accepted
     }
 
     /// Frames until the session ends; returns them and how it ended.

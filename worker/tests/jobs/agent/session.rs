@@ -6,7 +6,7 @@ use std::time::Duration;
 use dffmpeg_worker::{RunError, WorkerSignal};
 use protocol::ws::{CoordinatorMessage, ErrorFrame, HeldState, WorkerMessage, close};
 
-use super::{Ended, FakeCoordinator, TestWorker, WORKER_ID, assign_args, long_ffmpeg, new_job_id};
+use super::{Ended, FakeCoordinator, TestWorker, WORKER_ID, long_ffmpeg, new_job_id};
 use crate::{process_gone, wait_gone};
 
 #[tokio::test]
@@ -147,21 +147,7 @@ async fn close_4000_kills_the_jobs_and_exits_1() {
     let worker = TestWorker::start(&fake, |_| {}).await;
     let (mut session, _) = fake.connect(500).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    let (accepted, _) = session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
-    let WorkerMessage::JobAccepted(accepted) = accepted else {
-        unreachable!()
-    };
+    let accepted = session.start_job(job_id, 1, long_ffmpeg(60)).await;
     let pid = accepted.pid.expect("a pid") as i32;
     session.close(close::REPLACED).await;
     let error = worker.exit("close 4000").await.unwrap_err();
@@ -182,21 +168,7 @@ async fn the_worker_side_lease_gives_jobs_up_when_the_coordinator_is_silent() {
     // heartbeat 300 ms, lease 1200 ms: the connection is dropped after 900 ms of silence, the jobs go after 900 ms.
     session.welcome(300, 1200, vec![], vec![]).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            1,
-            long_ffmpeg(60),
-        )))
-        .await;
-    let (accepted, _) = session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
-    let WorkerMessage::JobAccepted(accepted) = accepted else {
-        unreachable!()
-    };
+    let accepted = session.start_job(job_id, 1, long_ffmpeg(60)).await;
     let pid = accepted.pid.expect("a pid") as i32;
     // Silence: no heartbeat_ack any more, and later connections are refused, so there is no session.
     fake.refuse_next(usize::MAX);
@@ -219,18 +191,7 @@ async fn a_shutdown_frame_keeps_the_jobs_and_they_resume() {
     let _worker = TestWorker::start(&fake, |_| {}).await;
     let (mut session, _) = fake.connect(500).await;
     let job_id = new_job_id();
-    session
-        .send(CoordinatorMessage::AssignJob(assign_args(
-            job_id,
-            4,
-            long_ffmpeg(60),
-        )))
-        .await;
-    session
-        .until("job_accepted", |m| {
-            matches!(m, WorkerMessage::JobAccepted(_))
-        })
-        .await;
+    session.start_job(job_id, 4, long_ffmpeg(60)).await;
     session
         .send(CoordinatorMessage::Shutdown(protocol::ws::Shutdown {
             reason: "restart".into(),
