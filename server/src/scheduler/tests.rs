@@ -25,6 +25,18 @@ fn settings(dir: &std::path::Path) -> Arc<Settings> {
     Arc::new(Settings::from_config(&config, false))
 }
 
+impl Harness {
+    /// Submits a job (monitored or not) and returns its id.
+    async fn submit_id(&self, monitor: bool) -> JobId {
+        self.handle
+            .submit(job(None, monitor), soon())
+            .await
+            .unwrap()
+            .record
+            .job_id
+    }
+}
+
 async fn start() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let opened = Store::open(dir.path(), 8 << 20).unwrap();
@@ -168,13 +180,7 @@ async fn cancel_of_a_pending_job_is_immediate_and_final() {
 #[tokio::test]
 async fn janitor_fails_unplaceable_classes_after_the_pending_timeout() {
     let h = start().await;
-    let id = h
-        .handle
-        .submit(job(None, false), soon())
-        .await
-        .unwrap()
-        .record
-        .job_id;
+    let id = h.submit_id(false).await;
     let now = OffsetDateTime::now_utc();
     let all = Rules::of(protocol::rest::JanitorAction::CleanJobs);
     let summary = h
@@ -204,20 +210,8 @@ async fn janitor_fails_unplaceable_classes_after_the_pending_timeout() {
 #[tokio::test]
 async fn a_silent_monitoring_client_gets_its_pending_job_canceled() {
     let h = start().await;
-    let watched = h
-        .handle
-        .submit(job(None, true), soon())
-        .await
-        .unwrap()
-        .record
-        .job_id;
-    let unwatched = h
-        .handle
-        .submit(job(None, false), soon())
-        .await
-        .unwrap()
-        .record
-        .job_id;
+    let watched = h.submit_id(true).await;
+    let unwatched = h.submit_id(false).await;
     let now = OffsetDateTime::now_utc();
     let rules = Rules::of(protocol::rest::JanitorAction::CleanJobs);
     let summary = h
@@ -269,13 +263,7 @@ async fn a_silent_monitoring_client_gets_its_pending_job_canceled() {
 #[tokio::test]
 async fn an_open_follow_stream_keeps_a_monitored_job_alive() {
     let h = start().await;
-    let id = h
-        .handle
-        .submit(job(None, true), soon())
-        .await
-        .unwrap()
-        .record
-        .job_id;
+    let id = h.submit_id(true).await;
     h.handle.follower_seen(id, StreamChange::Opened).await;
     let now = OffsetDateTime::now_utc();
     let rules = Rules::of(protocol::rest::JanitorAction::CleanJobs);
@@ -298,13 +286,7 @@ async fn an_open_follow_stream_keeps_a_monitored_job_alive() {
 #[tokio::test]
 async fn event_ids_increase_per_job_and_survive_a_reload() {
     let h = start().await;
-    let id = h
-        .handle
-        .submit(job(None, false), soon())
-        .await
-        .unwrap()
-        .record
-        .job_id;
+    let id = h.submit_id(false).await;
     let record = h.store.job(id).unwrap().unwrap();
     let last = record.last_event_id.unwrap();
     let (handle, scheduler) = new(
